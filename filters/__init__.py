@@ -1,0 +1,22 @@
+"""Filters: keep, or drop with a reason. To add one: write its module (a ``FilterConfig`` subclass
+with a ``type: Literal[...]`` and a ``Filter`` subclass), then list it in ``FILTERS`` below.
+Heavy libraries (fastText, datasketch, Ray) are imported by the filter that needs them, when built."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from filters.base import Drop, Filter, FilterChain, FilterConfig, Verdict
+
+FILTERS: dict[type[FilterConfig], type[Filter]] = {}
+
+FilterSpec = Annotated[Union[tuple(FILTERS) or (FilterConfig,)], Field(discriminator="type")]  # noqa: UP007
+
+
+def build_chain(configs: list[FilterConfig]) -> FilterChain:
+    return FilterChain([FILTERS[type(c)](c) for c in configs])
+
+
+__all__ = ["FILTERS", "Drop", "Filter", "FilterChain", "FilterConfig", "FilterSpec", "Verdict", "build_chain"]

@@ -1,0 +1,100 @@
+"""What a record is, from the first stage to the Parquet shard.
+
+A record is a plain dict (cheap to create, pickle and batch) whose keys are the columns below.
+``messages`` is the canonical content, in the chat format trainers read; everything else is
+lineage. Stage-specific lineage (evol_op, most similar pool instruction, ...) goes in ``metadata``,
+a dict while in flight and JSON in the shard, so that every shard of every run has one schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+Record = dict[str, Any]
+
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+KEPT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("messages", MESSAGES_TYPE),
+        ("seed_id", pa.string()),
+        ("method", pa.string()),  # the chain of stages that made it, e.g. "self_instruct>respond"
+        ("stage", pa.string()),  # the last stage
+        ("template", pa.string()),  # prompt template name of the last LLM stage
+        ("template_hash", pa.string()),
+        ("round", pa.int32()),
+        ("model", pa.string()),
+        ("sampling", pa.string()),  # JSON of the vLLM SamplingParams used
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("finish_reason", pa.string()),
+        ("created_at", pa.timestamp("ms", tz="UTC")),
+        ("lang", pa.string()),
+        ("lang_score", pa.float32()),
+        ("minhash", pa.binary()),  # near-dedup signature, so later runs seed their index from it
+        ("metadata", pa.string()),  # JSON object
+        ("work_key", pa.string()),  # the unit of resume: all records of one work item commit together
+    ]
+)
+
+REJECTED_SCHEMA = KEPT_SCHEMA.append(pa.field("drop_filter", pa.string())).append(
+    pa.field("drop_reason", pa.string())
+).append(pa.field("drop_evidence", pa.string()))
+
+DROP_KEY = "_drop"
+"""Set on a record that a stage or filter rejected: {"filter", "reason", "evidence"}."""
+
+
+def content_id(*parts: Any) -> str:
+    """A stable id from the things that determine a record (seed, stage, model, sampling, ...)."""
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def drop(record: Record, by: str, reason: str, **evidence: Any) -> Record:
+    """Mark ``record`` as rejected by ``by`` (a stage or filter name) with a snake_case reason."""
+    record[DROP_KEY] = {"filter": by, "reason": reason, "evidence": evidence}
+    return record
+
+
+def is_dropped(record: Record) -> bool:
+    return DROP_KEY in record
+
+
+def instruction_of(record: Record) -> str:
+    """The first user turn: what the record asks."""
+    for message in record.get("messages") or ():
+        if message["role"] == "user":
+            return message["content"]
+    return ""
+
+
+def response_of(record: Record) -> str:
+    """The last assistant turn: what the model answered ("" before a responding stage)."""
+    for message in reversed(record.get("messages") or ()):
+        if message["role"] == "assistant":
+            return message["content"]
+    return ""
+
+
+def to_table(records: list[Record], rejected: bool) -> pa.Table:
+    """Records as a table of the shard schema; unknown keys are never written."""
+    schema = REJECTED_SCHEMA if rejected else KEPT_SCHEMA
+    columns: dict[str, list] = {name: [] for name in schema.names}
+    for record in records:
+        for name in schema.names:
+            columns[name].append(record.get(name))
+        columns["metadata"][-1] = json.dumps(record.get("metadata") or {}, ensure_ascii=False)
+        if rejected:
+            verdict = record[DROP_KEY]
+            columns["drop_filter"][-1] = verdict["filter"]
+            columns["drop_reason"][-1] = verdict["reason"]
+            columns["drop_evidence"][-1] = json.dumps(
+                verdict["evidence"], ensure_ascii=False, default=str
+            )
+    return pa.table(columns, schema=schema)

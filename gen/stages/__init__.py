@@ -1,0 +1,24 @@
+"""Generation stages. To add one: write its module (a ``StageConfig`` subclass with a
+``type: Literal[...]`` and a ``Stage`` subclass), then list it in ``STAGES`` below."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from gen.stages.base import SourceStage, Stage, StageConfig, StageContext
+from gen.stages.respond import Respond, RespondConfig
+
+STAGES: dict[type[StageConfig], type[Stage]] = {
+    RespondConfig: Respond,
+}
+
+StageSpec = Annotated[Union[tuple(STAGES)], Field(discriminator="type")]  # noqa: UP007
+
+
+def build_stage(config: StageConfig, ctx: StageContext) -> Stage:
+    return STAGES[type(config)](config, ctx)
+
+
+__all__ = ["STAGES", "SourceStage", "Stage", "StageConfig", "StageContext", "StageSpec", "build_stage"]

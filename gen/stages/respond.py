@@ -1,0 +1,41 @@
+"""``respond``: answer each record's conversation through the model's chat template.
+
+Alpaca / GPT-4-LLM style: the instruction (with its input) is the user turn; the model's answer
+becomes the assistant turn. Works after any stage that leaves a user turn last.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from gen.records import Record, drop
+from gen.stages.base import Stage, StageConfig
+
+
+class RespondConfig(StageConfig):
+    type: Literal["respond"] = "respond"
+    system_prompt: str | None = None
+    """An optional system turn put before the conversation (not stored in ``messages``)."""
+
+
+class Respond(Stage):
+    name = "respond"
+
+    async def process(self, record: Record) -> list[Record]:
+        conversation = list(record["messages"])
+        while conversation and conversation[-1]["role"] == "assistant":
+            conversation.pop()  # answer the last user turn afresh
+        if not conversation:
+            return [drop(dict(record), self.name, "no_user_turn")]
+        prompt = conversation
+        if self.config.system_prompt:
+            prompt = [{"role": "system", "content": self.config.system_prompt}, *conversation]
+        completions = await self.ctx.engine.chat(prompt, self.sampling)
+        out = []
+        for index, completion in enumerate(completions):
+            answered = conversation + [{"role": "assistant", "content": completion.text}]
+            derived = self.derive(record, answered, index=index, completion=completion)
+            if completion.finish_reason in ("prompt_too_long", "error"):
+                drop(derived, self.name, completion.finish_reason, detail=completion.error)
+            out.append(derived)
+        return out
