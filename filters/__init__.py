@@ -9,8 +9,26 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from filters.base import Drop, Filter, FilterChain, FilterConfig, Verdict
+from filters.quality import (
+    GopherQuality,
+    GopherQualityConfig,
+    GopherRepetition,
+    GopherRepetitionConfig,
+    InstructionRules,
+    InstructionRulesConfig,
+    Refusal,
+    RefusalConfig,
+    ResponseRules,
+    ResponseRulesConfig,
+)
 
-FILTERS: dict[type[FilterConfig], type[Filter]] = {}
+FILTERS: dict[type[FilterConfig], type[Filter]] = {
+    InstructionRulesConfig: InstructionRules,
+    ResponseRulesConfig: ResponseRules,
+    RefusalConfig: Refusal,
+    GopherRepetitionConfig: GopherRepetition,
+    GopherQualityConfig: GopherQuality,
+}
 
 FilterSpec = Annotated[Union[tuple(FILTERS) or (FilterConfig,)], Field(discriminator="type")]  # noqa: UP007
 

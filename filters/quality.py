@@ -1,0 +1,325 @@
+"""Rule-based quality filters for instruction data.
+
+Each rule has its own reason code and threshold; defaults come from the papers and peers listed in
+``../shared/docs/ANCHORS.md`` (Self-Instruct, Alpaca, Evol-Instruct, Gopher via datatrove), and
+each default says where it comes from. The rules are pure functions of one record, so these
+filters are stateless and cheap.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Literal
+
+from pydantic import Field
+
+from filters.base import Drop, Filter, FilterConfig, Verdict
+from filters.text import TextField, normalized_words, text_of
+from gen.records import Record, instruction_of, response_of
+
+# ---------------------------------------------------------------- Self-Instruct instruction rules
+
+
+class InstructionRulesConfig(FilterConfig):
+    type: Literal["instruction_rules"] = "instruction_rules"
+    # Self-Instruct (bootstrap_instructions.py) drops an instruction with <= 3 or > 150 words.
+    min_words: int = 4
+    max_words: int = 150
+    # Self-Instruct's whole-word blacklist (things a text-only model cannot do); Alpaca adds
+    # video, audio, music, flowchart, diagram: list them here to get Alpaca's rule.
+    blacklist: list[str] = Field(
+        default_factory=lambda: [
+            "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
+            "map", "maps", "draw", "plot", "go to",
+        ]
+    )  # fmt: skip
+    # Self-Instruct: "Write a program" instructions get unusable answers from a text model.
+    banned_prefixes: list[str] = Field(default_factory=lambda: ["Write a program"])
+
+
+class InstructionRules(Filter):
+    """Self-Instruct's instruction rules, on the first user turn."""
+
+    name = "instruction_rules"
+
+    def __init__(self, config: InstructionRulesConfig):
+        super().__init__(config)
+        words = "|".join(re.escape(word) for word in config.blacklist)
+        self._blacklisted = re.compile(rf"\b(?:{words})\b", re.IGNORECASE) if words else None
+
+    def judge(self, records: list[Record]) -> list[Verdict]:
+        return [self._judge_one(instruction_of(record).strip()) for record in records]
+
+    def _judge_one(self, instruction: str) -> Verdict:
+        config = self.config
+        n_words = len(instruction.split())
+        if n_words < config.min_words:
+            return Drop("instruction_too_short", {"words": n_words})
+        if n_words > config.max_words:
+            return Drop("instruction_too_long", {"words": n_words})
+        if self._blacklisted and (match := self._blacklisted.search(instruction)):
+            return Drop("instruction_blacklisted_word", {"word": match.group(0)})
+        for prefix in config.banned_prefixes:
+            if instruction.startswith(prefix):
+                return Drop("instruction_banned_prefix", {"prefix": prefix})
+        first = instruction[:1]
+        if first and first in string.punctuation:
+            return Drop("instruction_starts_with_punctuation", {"first_char": first})
+        if not first.isascii():
+            return Drop("instruction_starts_non_ascii", {"first_char": first})
+        return None
+
+
+# ---------------------------------------------------------------- response rules
+
+
+class ResponseRulesConfig(FilterConfig):
+    type: Literal["response_rules"] = "response_rules"
+    # Self-Instruct drops a whole generation cut off by the length limit (finish reason "length").
+    drop_truncated: bool = True
+    # Self-Instruct's prepare_for_finetuning.py: output empty, output == input, output ends in ":".
+    drop_empty: bool = True
+    drop_same_as_input: bool = True
+    drop_ends_with_colon: bool = True
+
+
+class ResponseRules(Filter):
+    """Self-Instruct's instance rules, on the last assistant turn.
+
+    "The input" is the seed instance's input (``metadata["seed_input"]``) when the record has one,
+    else the instruction: a response that only echoes what it was given teaches nothing.
+    """
+
+    name = "response_rules"
+
+    def judge(self, records: list[Record]) -> list[Verdict]:
+        return [self._judge_one(record) for record in records]
+
+    def _judge_one(self, record: Record) -> Verdict:
+        config = self.config
+        response = response_of(record).strip()
+        if config.drop_truncated and record.get("finish_reason") == "length":
+            return Drop("response_truncated", {"finish_reason": "length"})
+        if config.drop_empty and not response:
+            return Drop("response_empty")
+        given = (record.get("metadata") or {}).get("seed_input") or instruction_of(record)
+        if config.drop_same_as_input and response == given.strip():
+            return Drop("response_same_as_input")
+        if config.drop_ends_with_colon and response.endswith(":"):
+            return Drop("response_ends_with_colon", {"tail": response[-40:]})
+        return None
+
+
+# ---------------------------------------------------------------- refusals and AI disclaimers
+
+
+class RefusalConfig(FilterConfig):
+    type: Literal["refusal"] = "refusal"
+    # Disclaimers drop a response wherever they appear: they are chat-model boilerplate that
+    # fine-tuning would teach (the "as an AI language model" filters of Alpaca-cleaned, Vicuna).
+    disclaimers: list[str] = Field(
+        default_factory=lambda: [
+            "as an ai language model", "as a language model", "as a large language model",
+            "as an ai assistant", "as an ai model", "as an artificial intelligence",
+            "i am an ai", "i'm an ai",
+        ]
+    )  # fmt: skip
+    # Refusal phrases drop only short responses: Evol-Instruct eliminates a response that is a
+    # short apology ("sorry", under 80 words); a long answer that says "I'm sorry" in passing stays.
+    refusals: list[str] = Field(
+        default_factory=lambda: [
+            "i'm sorry", "i am sorry", "sorry, but", "i apologize", "i cannot", "i can't",
+            "i am unable", "i'm unable", "i am not able to", "i'm not able to", "i won't be able",
+        ]
+    )  # fmt: skip
+    refusal_max_words: int = 80
+
+
+def _phrase_pattern(phrases: list[str]) -> re.Pattern[str] | None:
+    if not phrases:
+        return None
+    return re.compile(r"\b(?:" + "|".join(re.escape(p) for p in phrases) + r")(?!\w)")
+
+
+class Refusal(Filter):
+    name = "refusal"
+
+    def __init__(self, config: RefusalConfig):
+        super().__init__(config)
+        self._disclaimer = _phrase_pattern([p.lower() for p in config.disclaimers])
+        self._refusal = _phrase_pattern([p.lower() for p in config.refusals])
+
+    def judge(self, records: list[Record]) -> list[Verdict]:
+        return [self._judge_one(response_of(record)) for record in records]
+
+    def _judge_one(self, response: str) -> Verdict:
+        text = response.lower().replace("\u2019", "'")  # curly apostrophes: "I’m sorry"
+        if self._disclaimer and (match := self._disclaimer.search(text)):
+            return Drop("ai_disclaimer", {"phrase": match.group(0)})
+        if self._refusal and len(text.split()) < self.config.refusal_max_words:
+            if match := self._refusal.search(text):
+                return Drop("refusal", {"phrase": match.group(0)})
+        return None
+
+
+# ---------------------------------------------------------------- Gopher repetition
+
+
+class GopherRepetitionConfig(FilterConfig):
+    type: Literal["gopher_repetition"] = "gopher_repetition"
+    text: TextField = "response"
+    # Gopher (Rae et al. 2021, table A1) as implemented by datatrove and NeMo Curator.
+    dup_line_frac: float = 0.30
+    dup_para_frac: float = 0.30
+    dup_line_char_frac: float = 0.20
+    dup_para_char_frac: float = 0.20
+    top_ngram_char_frac: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    dup_ngram_char_frac: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    )
+
+
+_LINES = re.compile(r"\n+")
+_PARAGRAPHS = re.compile(r"\n{2,}")
+
+
+def _duplicates(items: list[str]) -> tuple[int, int]:
+    """How many items repeat an earlier one, and how many characters those repeats hold."""
+    seen: set[str] = set()
+    count = chars = 0
+    for item in items:
+        if item in seen:
+            count += 1
+            chars += len(item)
+        else:
+            seen.add(item)
+    return count, chars
+
+
+def _top_ngram_chars(words: list[str], n: int) -> int:
+    """Characters covered by the most frequent word n-gram, counted only if it occurs twice or more.
+
+    Gopher counts the top n-gram even when it occurs once; on 50+ word web pages that never
+    matters, but on a 10-word answer a single 2-gram is already > 20% of the text, which measures
+    shortness, not repetition.
+    """
+    counts = Counter(zip(*(words[k:] for k in range(n))))
+    if not counts:
+        return 0
+    ngram, count = counts.most_common(1)[0]
+    if count < 2:
+        return 0
+    return (sum(len(word) for word in ngram) + n - 1) * count
+
+
+def _duplicated_ngram_chars(words: list[str], n: int) -> int:
+    """Characters in n-grams that repeat an earlier one, each word counted once (datatrove's
+    find_all_duplicate: after a repeat the scan jumps past it)."""
+    seen: set[tuple[str, ...]] = set()
+    chars = i = 0
+    while i <= len(words) - n:
+        ngram = tuple(words[i : i + n])
+        if ngram in seen:
+            chars += sum(len(word) for word in ngram)
+            i += n
+        else:
+            seen.add(ngram)
+            i += 1
+    return chars
+
+
+class GopherRepetition(Filter):
+    """Gopher's repetition rules: duplicate lines and paragraphs, top and duplicated n-grams.
+
+    N-gram shares are of the normalised text (lowercase, punctuation folded), so "The cat." and
+    "the cat" are one 2-gram, and the denominator is that text's length.
+    """
+
+    name = "gopher_repetition"
+
+    def judge(self, records: list[Record]) -> list[Verdict]:
+        return [self._judge_one(text_of(record, self.config.text)) for record in records]
+
+    def _judge_one(self, text: str) -> Verdict:
+        config = self.config
+        text = text.strip()
+        if not text:
+            return None
+        paragraphs = _PARAGRAPHS.split(text)
+        dup_paras, dup_para_chars = _duplicates(paragraphs)
+        if dup_paras / len(paragraphs) > config.dup_para_frac:
+            return Drop("gopher_dup_para_frac", {"value": round(dup_paras / len(paragraphs), 3)})
+        if dup_para_chars / len(text) > config.dup_para_char_frac:
+            return Drop("gopher_dup_para_char_frac", {"value": round(dup_para_chars / len(text), 3)})
+        lines = _LINES.split(text)
+        dup_lines, dup_line_chars = _duplicates(lines)
+        if dup_lines / len(lines) > config.dup_line_frac:
+            return Drop("gopher_dup_line_frac", {"value": round(dup_lines / len(lines), 3)})
+        if dup_line_chars / len(text) > config.dup_line_char_frac:
+            return Drop("gopher_dup_line_char_frac", {"value": round(dup_line_chars / len(text), 3)})
+
+        words = normalized_words(text)
+        n_chars = sum(len(word) for word in words) + len(words) - 1
+        # Fast exit: if no 2-gram repeats, no longer n-gram can, and every share below is zero.
+        if len(set(zip(words, words[1:]))) == len(words) - 1:
+            return None
+        for n, limit in sorted(config.top_ngram_char_frac.items()):
+            share = _top_ngram_chars(words, n) / n_chars
+            if share > limit:
+                return Drop(f"gopher_top_{n}gram", {"value": round(share, 3)})
+        for n, limit in sorted(config.dup_ngram_char_frac.items()):
+            share = _duplicated_ngram_chars(words, n) / n_chars
+            if share > limit:
+                return Drop(f"gopher_dup_{n}gram", {"value": round(share, 3)})
+        return None
+
+
+# ---------------------------------------------------------------- Gopher quality ratios
+
+
+class GopherQualityConfig(FilterConfig):
+    type: Literal["gopher_quality"] = "gopher_quality"
+    text: TextField = "response"
+    # Gopher's 50-word minimum is for web pages; an instruction's answer can rightly be "Paris"
+    # or "no" (a third of the P3 sample's completions are one word). The ratios below are noise on
+    # a handful of words (the mean length of "no" is 2), so texts shorter than this are not judged
+    # here; empty and truncated answers are response_rules' job.
+    min_words: int = 10
+    # Gopher via datatrove / NeMo Curator: mean word length within [3, 10], at least 80% of words
+    # contain a letter, at most 0.1 "#" and at most 0.1 ellipses per word.
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    min_alpha_word_frac: float = 0.80
+    max_hash_ratio: float = 0.10
+    max_ellipsis_ratio: float = 0.10
+
+
+class GopherQuality(Filter):
+    """The Gopher quality ratios that mean something on short texts; words are whitespace tokens."""
+
+    name = "gopher_quality"
+
+    def judge(self, records: list[Record]) -> list[Verdict]:
+        return [self._judge_one(text_of(record, self.config.text)) for record in records]
+
+    def _judge_one(self, text: str) -> Verdict:
+        config = self.config
+        tokens = text.split()
+        if len(tokens) < config.min_words:
+            return None
+        words = [stripped for token in tokens if (stripped := token.strip(string.punctuation))]
+        mean_length = sum(len(word) for word in words) / len(words) if words else 0.0
+        if not config.min_mean_word_length <= mean_length <= config.max_mean_word_length:
+            return Drop("gopher_mean_word_length", {"value": round(mean_length, 2)})
+        alpha_frac = sum(any(ch.isalpha() for ch in token) for token in tokens) / len(tokens)
+        if alpha_frac < config.min_alpha_word_frac:
+            return Drop("gopher_alpha_words", {"value": round(alpha_frac, 3)})
+        hash_ratio = text.count("#") / len(tokens)
+        if hash_ratio > config.max_hash_ratio:
+            return Drop("gopher_hash_ratio", {"value": round(hash_ratio, 3)})
+        ellipsis_ratio = (text.count("...") + text.count("\u2026")) / len(tokens)
+        if ellipsis_ratio > config.max_ellipsis_ratio:
+            return Drop("gopher_ellipsis_ratio", {"value": round(ellipsis_ratio, 3)})
+        return None
