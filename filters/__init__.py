@@ -9,6 +9,9 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from filters.base import Drop, Filter, FilterChain, FilterConfig, Verdict
+from filters.decontam import Decontamination, DecontaminationConfig
+from filters.dedup import Dedup, DedupConfig
+from filters.langid import LanguageId, LanguageIdConfig
 from filters.quality import (
     GopherQuality,
     GopherQualityConfig,
@@ -28,6 +31,9 @@ FILTERS: dict[type[FilterConfig], type[Filter]] = {
     RefusalConfig: Refusal,
     GopherRepetitionConfig: GopherRepetition,
     GopherQualityConfig: GopherQuality,
+    LanguageIdConfig: LanguageId,
+    DedupConfig: Dedup,
+    DecontaminationConfig: Decontamination,
 }
 
 FilterSpec = Annotated[Union[tuple(FILTERS) or (FilterConfig,)], Field(discriminator="type")]  # noqa: UP007
