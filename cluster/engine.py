@@ -77,14 +77,10 @@ class EngineReplica:
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        if isinstance(prompt, str):
-            token_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        else:
-            token_ids = self.tokenizer.apply_chat_template(
-                prompt, add_generation_prompt=True, tokenize=True
-            )
-            if isinstance(token_ids, dict):  # some tokenizers return a BatchEncoding
-                token_ids = token_ids["input_ids"]
+        if not isinstance(prompt, str):
+            # The template's text carries its special tokens, so it is encoded without adding more.
+            prompt = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        token_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         n = int(sampling.get("n", 1))
         room = self.max_model_len - len(token_ids)
         if room <= 0:
@@ -97,7 +93,7 @@ class EngineReplica:
         try:
             final = None
             async for output in self.engine.generate(
-                TokensPrompt(prompt_token_ids=list(token_ids)),
+                TokensPrompt(prompt_token_ids=token_ids),
                 SamplingParams(**params),
                 request_id=uuid.uuid4().hex,
             ):

@@ -31,7 +31,7 @@ from gen.sampling import Sampling
 
 if TYPE_CHECKING:
     from cluster.engine import Completion, EnginePool
-    from gen.resume import CommittedWork
+    from gen.sink import CommittedWork
 
 
 class StageConfig(BaseModel):

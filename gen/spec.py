@@ -1,0 +1,180 @@
+"""The run spec: a YAML file read into a pydantic model.
+
+Unknown keys are refused, and every error names the file, the field path and, where the YAML has
+it, the line. Any field can be overridden from the command line with ``--set a.b=value`` (the value
+is parsed as YAML, so ``--set model.replicas=2`` gives an int).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from filters import FilterSpec
+from gen.sampling import Sampling
+from gen.stages import StageSpec
+from gen.tiny_model import TINY_MODEL_NAME
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SeedsSpec(_Section):
+    paths: list[str] = Field(min_length=1)
+    """Files or globs (JSONL, JSON arrays, Parquet, CSV), relative to the spec file."""
+    format: Literal["auto", "self_instruct", "alpaca", "messages", "rows"] = "auto"
+    """``auto`` recognises Self-Instruct, Alpaca and ``messages`` records; ``rows`` passes
+    labelled-dataset rows through untouched (for the ``template`` stage)."""
+    on_error: Literal["fail", "skip"] = "fail"
+    """``skip``: a malformed line is counted, reported and left out instead of stopping the run."""
+    limit: int | None = Field(None, ge=1)
+    """Read at most this many seed records (handy for trying a spec)."""
+
+
+class ModelSpec(_Section):
+    name: str = TINY_MODEL_NAME
+    """HF model id or local path; ``sdg/tiny-random-chat`` is the embedded offline test model."""
+    dtype: str = "auto"
+    max_model_len: int | None = Field(None, ge=16)
+    tensor_parallel_size: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    engine_args: dict[str, Any] = {}
+    """Any other ``vllm.AsyncEngineArgs`` field, passed through as given."""
+    max_in_flight_per_replica: int = Field(256, ge=1)
+    """Requests kept queued per replica so continuous batching always has work."""
+
+    @field_validator("engine_args")
+    @classmethod
+    def _no_second_way(cls, value: dict[str, Any]) -> dict[str, Any]:
+        owned = {"model", "dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization"}
+        clash = sorted(owned & value.keys())
+        if clash:
+            raise ValueError(f"set {', '.join(clash)} in the model section, not in engine_args")
+        return value
+
+
+class OutputSpec(_Section):
+    dir: str
+    rows_per_shard: int = Field(10_000, ge=1)
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
+    commit_interval_s: float = Field(60.0, gt=0)
+    """Commit a (smaller) shard at least this often, so a crash loses little work."""
+
+
+class Spec(_Section):
+    seeds: SeedsSpec
+    model: ModelSpec = ModelSpec()
+    sampling: Sampling = Sampling()
+    stages: list[StageSpec] = Field(min_length=1)
+    filters: list[FilterSpec] = []
+    output: OutputSpec
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the records of a run: two runs into one output dir must agree on it."""
+        return self.model_dump(mode="json", exclude={"output": {"dir", "commit_interval_s"},
+                                                     "model": {"replicas", "max_in_flight_per_replica"}})
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used, with a message that names the file, field and line."""
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the spec must be a mapping of sections, got {type(data).__name__}")
+    for override in overrides:
+        _apply_override(data, override, path)
+    _resolve_paths(data, path.parent)
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_describe(exc, path, text)) from None
+
+
+def _apply_override(data: dict, override: str, path: Path) -> None:
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise SpecError(f"--set {override!r}: expected FIELD.PATH=VALUE")
+    node: Any = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[_list_index(part, override)]
+        else:
+            node = node.setdefault(part, {})
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(node, list):
+        node[_list_index(parts[-1], override)] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _list_index(part: str, override: str) -> int:
+    if not part.isdigit():
+        raise SpecError(f"--set {override!r}: {part!r} must be a list index")
+    return int(part)
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Seed paths are relative to the spec file, so a spec runs from any working directory."""
+    seeds = data.get("seeds")
+    if isinstance(seeds, dict) and isinstance(seeds.get("paths"), list):
+        seeds["paths"] = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p
+                          for p in seeds["paths"]]
+
+
+def _describe(exc: ValidationError, path: Path, text: str) -> str:
+    lines = [f"{path}: invalid spec ({exc.error_count()} problem(s))"]
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        # pydantic puts the union member's tag in the path; a user thinks in their own keys
+        field = ".".join(p for p in loc if not p.endswith("Config") and "[" not in p) or "(top level)"
+        line = _line_of(text, error["loc"])
+        where = f"{path}:{line}" if line else str(path)
+        given = f" (got {error['input']!r})" if error["type"] != "missing" and not isinstance(
+            error["input"], dict | list) else ""
+        lines.append(f"  {where}: {field}: {error['msg']}{given}")
+    return "\n".join(lines)
+
+
+def _line_of(text: str, loc: tuple) -> int | None:
+    """The 1-based YAML line of the deepest node of ``loc`` that exists in the file."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(part)), None)
+            key = next((k for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line, node = key.start_mark.line + 1, match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode | yaml.MappingNode):
+            continue  # a union tag in the pydantic path: skip it
+        else:
+            break
+    return line
+
+
+def json_schema() -> dict[str, Any]:
+    """The spec's JSON Schema, for editors (``sdg schema > sdg-spec.schema.json``)."""
+    return Spec.model_json_schema()

@@ -1,0 +1,50 @@
+"""Shared, expensive fixtures: one local Ray and one vLLM engine (tiny model) per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"  # real data beside the project, when present
+
+# Small enough to start beside the subprocess runs some tests make (each reserves its own cache).
+TEST_ENGINE_ARGS = {"dtype": "float32", "max_model_len": 1024, "kv_cache_memory_bytes": 512 << 20, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from cluster.ray_cluster import connect
+
+    connect(None, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    from gen.tiny_model import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def engine_pool(ray_session, tiny_model_path):
+    from cluster.engine import start_replicas
+
+    pool = start_replicas({"model": str(tiny_model_path), **TEST_ENGINE_ARGS}, replicas=1,
+                          tensor_parallel_size=1, max_in_flight_per_replica=64)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture
+def sdg_env() -> dict[str, str]:
+    """Environment for `sdg` subprocesses: this interpreter's venv first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"
+    return env
