@@ -171,6 +171,10 @@ class GopherRepetitionConfig(FilterConfig):
     type: Literal["gopher_repetition"] = "gopher_repetition"
     text: TextField = "response"
     # Gopher (Rae et al. 2021, table A1) as implemented by datatrove and NeMo Curator.
+    # The n-gram shares were set on documents of 50+ words (Gopher's minimum); on a 15-word
+    # answer one natural repeat ("sat on the" twice) is already 35% of the text. Shorter texts
+    # get only the line and paragraph rules.
+    ngram_min_words: int = 50
     dup_line_frac: float = 0.30
     dup_para_frac: float = 0.30
     dup_line_char_frac: float = 0.20
@@ -199,18 +203,11 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
 
 
 def _top_ngram_chars(words: list[str], n: int) -> int:
-    """Characters covered by the most frequent word n-gram, counted only if it occurs twice or more.
-
-    Gopher counts the top n-gram even when it occurs once; on 50+ word web pages that never
-    matters, but on a 10-word answer a single 2-gram is already > 20% of the text, which measures
-    shortness, not repetition.
-    """
+    """Characters covered by the most frequent word n-gram (all its occurrences)."""
     counts = Counter(zip(*(words[k:] for k in range(n))))
     if not counts:
         return 0
     ngram, count = counts.most_common(1)[0]
-    if count < 2:
-        return 0
     return (sum(len(word) for word in ngram) + n - 1) * count
 
 
@@ -261,14 +258,17 @@ class GopherRepetition(Filter):
             return Drop("gopher_dup_line_char_frac", {"value": round(dup_line_chars / len(text), 3)})
 
         words = normalized_words(text)
-        n_chars = sum(len(word) for word in words) + len(words) - 1
-        # Fast exit: if no 2-gram repeats, no longer n-gram can, and every share below is zero.
-        if len(set(zip(words, words[1:]))) == len(words) - 1:
+        if len(words) < config.ngram_min_words:
             return None
+        n_chars = sum(len(word) for word in words) + len(words) - 1
         for n, limit in sorted(config.top_ngram_char_frac.items()):
             share = _top_ngram_chars(words, n) / n_chars
             if share > limit:
                 return Drop(f"gopher_top_{n}gram", {"value": round(share, 3)})
+        # Fast exit: if no n-gram of the shortest n repeats, no longer one can: all shares are 0.
+        shortest = min(config.dup_ngram_char_frac, default=len(words) + 1)
+        if len(set(zip(*(words[k:] for k in range(shortest))))) == len(words) - shortest + 1:
+            return None
         for n, limit in sorted(config.dup_ngram_char_frac.items()):
             share = _duplicated_ngram_chars(words, n) / n_chars
             if share > limit:

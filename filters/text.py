@@ -61,11 +61,6 @@ def normalized_words(text: str) -> list[str]:
     return normalize(text).split()
 
 
-def word_ngrams(words: list[str], n: int) -> list[str]:
-    """The word n-grams of ``words`` as space-joined strings, in order (with repeats)."""
-    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
-
-
 PRIME = np.uint64(0x100000001B3)  # odd, so invertible modulo 2**64
 _PRIME_INVERSE = np.uint64(pow(int(PRIME), -1, 1 << 64))
 _powers = np.ones(1, dtype=np.uint64)

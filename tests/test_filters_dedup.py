@@ -1,0 +1,176 @@
+"""Global dedup with real datasketch and real Ray index actors."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from filters.dedup import Dedup, DedupConfig
+from filters.text import normalize, shingle_hashes
+from gen.records import to_table
+
+VOCABULARY = [f"{syllable}{suffix}" for syllable in ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi")
+              for suffix in ("", "n", "ra", "so", "tel", "dum", "pix", "bar")]
+
+
+@pytest.fixture(scope="module")
+def ray_ready():
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def dedup(ray_ready):
+    filters = []
+
+    def build(**settings) -> Dedup:
+        filters.append(Dedup(DedupConfig(**settings)))
+        return filters[-1]
+
+    yield build
+    for f in filters:
+        f.close()
+
+
+def record(record_id: str, instruction: str, replica: int = 0) -> dict:
+    return {"id": record_id, "messages": [{"role": "user", "content": instruction}], "metadata": {"replica": replica}}
+
+
+def text(seed: int, words: int = 100) -> list[str]:
+    return random.Random(seed).choices(VOCABULARY, k=words)
+
+
+def mutate(words: list[str], changes: int, seed: int) -> list[str]:
+    """``words`` with ``changes`` positions, evenly spread, replaced by a word not in the vocabulary."""
+    out = list(words)
+    step = len(words) // changes
+    for i in range(changes):
+        out[i * step + random.Random(seed + i).randrange(step)] = f"changed{seed}x{i}"
+    return out
+
+
+def jaccard(a: list[str], b: list[str], n: int = 5) -> float:
+    grams_a = {tuple(a[i : i + n]) for i in range(len(a) - n + 1)}
+    grams_b = {tuple(b[i : i + n]) for i in range(len(b) - n + 1)}
+    return len(grams_a & grams_b) / len(grams_a | grams_b)
+
+
+def reasons(dropped: list[dict]) -> dict[str, tuple[str, str]]:
+    return {r["id"]: (r["_drop"]["reason"], r["_drop"]["evidence"]["duplicate_of"]) for r in dropped}
+
+
+def test_planted_duplicates_across_batches_and_replicas(dedup):
+    f = dedup(index_shards=3)
+    originals = {f"orig{i}": text(i) for i in range(20)}
+    near = {f"near{i}": mutate(originals[f"orig{i}"], 2, seed=i) for i in range(10)}
+    far = {f"far{i}": mutate(originals[f"orig{i}"], 12, seed=i) for i in range(10, 20)}
+    assert all(jaccard(originals[k.replace("near", "orig")], v) > 0.8 for k, v in near.items())
+    assert all(jaccard(originals[k.replace("far", "orig")], v) < 0.45 for k, v in far.items())
+
+    # Two replicas' outputs interleave over several commits; duplicates arrive in later commits.
+    commits = [
+        [record(k, " ".join(v), replica=i % 2) for i, (k, v) in enumerate(originals.items()) if i < 10],
+        [record(k, " ".join(v), replica=i % 2) for i, (k, v) in enumerate(originals.items()) if i >= 10],
+        [record(k, " ".join(v), replica=1) for k, v in near.items()]
+        + [record(k, " ".join(v), replica=0) for k, v in far.items()],
+    ]
+    kept_ids, dropped = [], []
+    for batch in commits:
+        kept, rejected = f(batch)
+        kept_ids += [r["id"] for r in kept]
+        dropped += rejected
+    assert reasons(dropped) == {k: ("near_duplicate", k.replace("near", "orig")) for k in near}
+    assert set(kept_ids) == set(originals) | set(far)
+    assert all(r["_drop"]["evidence"]["similarity"] >= 0.7 for r in dropped)
+    assert f.stats()["dropped"] == {"near_duplicate": 10}
+
+
+def test_within_batch_first_wins_and_exact_pass(dedup):
+    f = dedup()
+    words = text(100)
+    batch = [
+        record("first", " ".join(words)),
+        record("shouting", " ".join(words).upper() + " !!!"),  # same normalised text
+        record("near", " ".join(mutate(words, 2, seed=7))),
+        record("other", " ".join(text(101))),
+    ]
+    kept, dropped = f(batch)
+    assert [r["id"] for r in kept] == ["first", "other"]
+    assert reasons(dropped) == {"shouting": ("exact_duplicate", "first"), "near": ("near_duplicate", "first")}
+
+
+def test_short_empty_newline_and_non_utf8_texts(dedup):
+    f = dedup()
+    batch = [
+        record("short", "Name three colors."),
+        record("short_again", "name three colors"),
+        record("short_other", "Name three animals."),
+        record("empty", ""),
+        record("empty_again", ""),
+        record("newlines", "line one\nline two\n\nline three"),
+        record("bad_bytes", b"caf\xe9 au lait".decode("utf-8", "surrogateescape")),
+    ]
+    kept, dropped = f(batch)
+    assert reasons(dropped) == {"short_again": ("exact_duplicate", "short"), "empty_again": ("exact_duplicate", "empty")}
+    assert {r["id"] for r in kept} == {"short", "short_other", "empty", "newlines", "bad_bytes"}
+    assert all(isinstance(r["minhash"], bytes) for r in batch)
+
+
+def test_resume_and_against_reload_signatures_without_rehashing(dedup, tmp_path):
+    first = dedup()
+    originals = [record(f"orig{i}", " ".join(text(200 + i))) for i in range(30)]
+    kept, _ = first(originals)
+    (tmp_path / "data").mkdir()
+    pq.write_table(to_table(kept, rejected=False), tmp_path / "data" / "part-00000.parquet")
+
+    duplicates = [record(f"dup{i}", " ".join(mutate(text(200 + i), 2, seed=i))) for i in range(5)]
+    resumed = dedup()
+    resumed.observe_committed(pq.read_table(tmp_path / "data" / "part-00000.parquet").to_pylist())
+    against = dedup(against=[str(tmp_path)])
+    for f in (resumed, against):
+        kept, dropped = f([dict(r) for r in duplicates])
+        assert not kept
+        assert reasons(dropped) == {f"dup{i}": ("near_duplicate", f"orig{i}") for i in range(5)}
+        assert f.stats()["signatures_reloaded"] == 30
+        assert f.stats()["signatures_rehashed"] == 0
+
+    # Signatures made with other settings are not comparable: those records are re-hashed.
+    other_settings = dedup(against=[str(tmp_path)], num_perm=64, bands=16)
+    assert other_settings.stats()["signatures_rehashed"] == 30
+    _, dropped = other_settings([dict(r) for r in duplicates])
+    assert len(dropped) == 5
+
+
+def test_shingle_hashes_match_string_ngrams():
+    """Equal n-grams hash equally across texts, different ones differently, in word order."""
+    texts = [" ".join(text(300 + i, words=60)) for i in range(50)] + ["one two", ""]
+    normalized = [normalize(t).encode() for t in texts]
+    hashes, bounds = shingle_hashes(normalized, 5)
+    by_hash: dict[int, set[tuple[str, ...]]] = {}
+    for i, t in enumerate(normalized):
+        words = t.decode().split()
+        grams = [tuple(words[j : j + 5]) for j in range(len(words) - 4)] or ([tuple(words)] if words else [])
+        assert bounds[i + 1] - bounds[i] == len(grams)
+        for gram, value in zip(grams, hashes[bounds[i] : bounds[i + 1]].tolist(), strict=True):
+            by_hash.setdefault(value, set()).add(gram)
+    assert all(len(grams) == 1 for grams in by_hash.values())
+    assert len({g for grams in by_hash.values() for g in grams}) == len(by_hash)
+
+
+def test_signature_estimates_track_exact_jaccard(dedup):
+    f = dedup()
+    base = text(400, words=200)
+    variants = [mutate(base, changes, seed=changes) for changes in (1, 3, 6, 10, 20)]
+    signatures = f._signatures([" ".join(w) for w in [base, *variants]]).hashvalues
+    for row, words in zip(signatures[1:], variants):
+        estimate = float(np.mean(row == signatures[0]))
+        assert abs(estimate - jaccard(base, words)) < 0.12  # 3 standard errors at 128 permutations

@@ -1,0 +1,175 @@
+"""Every quality reason code drops a record that breaks its rule and keeps a near miss."""
+
+from __future__ import annotations
+
+import pytest
+
+from filters.quality import (
+    GopherQuality,
+    GopherQualityConfig,
+    GopherRepetition,
+    GopherRepetitionConfig,
+    InstructionRules,
+    InstructionRulesConfig,
+    Refusal,
+    RefusalConfig,
+    ResponseRules,
+    ResponseRulesConfig,
+)
+
+
+def record(instruction: str, response: str = "", **columns) -> dict:
+    messages = [{"role": "user", "content": instruction}]
+    if response:
+        messages.append({"role": "assistant", "content": response})
+    return {"id": "r", "messages": messages, **columns}
+
+
+def verdict_of(filter_, rec):
+    (verdict,) = filter_.judge([rec])
+    return verdict.reason if verdict else None
+
+
+GOOD_RESPONSE = "Drink water, sleep eight hours, and walk every day for at least half an hour."
+
+INSTRUCTION_CASES = [
+    # (reason, dropped instruction, near miss that is kept)
+    ("instruction_too_short", "Name three colors", "Name three primary colors"),
+    ("instruction_too_long", " ".join(["word"] * 151), " ".join(["word"] * 150)),
+    ("instruction_blacklisted_word", "Describe the image of a sunset.", "Describe the imagery of a sunset."),
+    ("instruction_blacklisted_word", "Tell me how to go to the station.", "Tell me how to get to the station."),
+    ("instruction_banned_prefix", "Write a program that sorts a list.", "Write a poem that sorts a list."),
+    ("instruction_starts_with_punctuation", '"Summarize this text for a child."', "Summarize this text for a child."),
+    ("instruction_starts_non_ascii", "¿Cuál es la capital de Francia?", "Cuál es la capital de Francia?"),
+]
+
+
+@pytest.mark.parametrize(("reason", "dropped", "kept"), INSTRUCTION_CASES)
+def test_instruction_rules(reason, dropped, kept):
+    rules = InstructionRules(InstructionRulesConfig())
+    assert verdict_of(rules, record(dropped, GOOD_RESPONSE)) == reason
+    assert verdict_of(rules, record(kept, GOOD_RESPONSE)) is None
+
+
+RESPONSE_CASES = [
+    ("response_truncated", record("Tell me a story.", "Once upon a", finish_reason="length"),
+     record("Tell me a story.", "Once upon a time.", finish_reason="stop")),
+    ("response_empty", record("Tell me a story.", "  \n "), record("Tell me a story.", "No.")),
+    ("response_same_as_input", record("Repeat after me: hello", "Repeat after me: hello"),
+     record("Repeat after me: hello", "hello")),
+    ("response_same_as_input",
+     record("Fix the grammar.\n\nHe go home.", "He go home.", metadata={"seed_input": "He go home."}),
+     record("Fix the grammar.\n\nHe go home.", "He goes home.", metadata={"seed_input": "He go home."})),
+    ("response_ends_with_colon", record("List three fruits.", "Here are three fruits:"),
+     record("List three fruits.", "Here are three fruits: apple, pear, plum.")),
+]
+
+
+@pytest.mark.parametrize(("reason", "dropped", "kept"), RESPONSE_CASES)
+def test_response_rules(reason, dropped, kept):
+    rules = ResponseRules(ResponseRulesConfig())
+    assert verdict_of(rules, dropped) == reason
+    assert verdict_of(rules, kept) is None
+
+
+def test_refusal_and_disclaimer():
+    refusal = Refusal(RefusalConfig())
+    ask = "Write a limerick about a cat."
+    assert verdict_of(refusal, record(ask, "As an AI language model, I cannot have opinions on cats.")) == "ai_disclaimer"
+    assert verdict_of(refusal, record(ask, "I’m sorry, but I can’t help with that.")) == "refusal"
+    # Near misses: an answer that mentions language models, and a long one that apologises in passing.
+    assert verdict_of(refusal, record(ask, "An AI language model is a program that predicts words.")) is None
+    story = "The old cat said: I'm sorry, I ate the fish. " + " ".join(f"Then it slept for hour {i}." for i in range(20))
+    assert len(story.split()) >= 80
+    assert verdict_of(refusal, record(ask, story)) is None
+
+
+# ---------------------------------------------------------------- Gopher repetition
+
+OFF = {"dup_line_frac": 1.0, "dup_para_frac": 1.0, "dup_line_char_frac": 1.0, "dup_para_char_frac": 1.0,
+       "top_ngram_char_frac": {}, "dup_ngram_char_frac": {}, "ngram_min_words": 0}
+
+
+def repetition(**rule) -> GopherRepetition:
+    """A repetition filter with only ``rule`` switched on, so each rule is tested alone."""
+    return GopherRepetition(GopherRepetitionConfig(**{**OFF, **rule}))
+
+
+@pytest.mark.parametrize("separator", ["\n\n", "\n"])
+def test_duplicate_paragraph_and_line_fractions(separator):
+    kind = "para" if separator == "\n\n" else "line"
+    by_count = repetition(**{f"dup_{kind}_frac": 0.30})
+    # 1 repeat in 3 blocks is 0.33 > 0.30; 1 in 4 is 0.25.
+    assert verdict_of(by_count, record("q", separator.join(["same", "same", "other"]))) == f"gopher_dup_{kind}_frac"
+    assert verdict_of(by_count, record("q", separator.join(["same", "same", "other", "more"]))) is None
+    by_chars = repetition(**{f"dup_{kind}_char_frac": 0.20})
+    # 30 repeated characters of 30+30+60 plus separators is 0.24 (> 0.20); with 100 they are 0.18.
+    dropped = separator.join(["x" * 30, "x" * 30, "y" * 60])
+    kept = separator.join(["x" * 30, "x" * 30, "y" * 100])
+    assert verdict_of(by_chars, record("q", dropped)) == f"gopher_dup_{kind}_char_frac"
+    assert verdict_of(by_chars, record("q", kept)) is None
+
+
+def filler(count: int) -> list[str]:
+    return [f"f{i:03d}" for i in range(count)]  # distinct 4-character words
+
+
+@pytest.mark.parametrize(("n", "limit"), [(2, 0.20), (3, 0.18), (4, 0.16)])
+def test_top_ngram_share(n, limit):
+    """A phrase of n 4-letter words, twice: its n-gram covers (4n + n - 1) * 2 characters of a
+    text of T words (5T - 1 characters). The largest T over the limit drops, T + 1 is kept."""
+    phrase = [f"ab{i:02d}" for i in range(n)]
+    covered = (5 * n - 1) * 2
+    total = max(t for t in range(2 * n, 200) if covered / (5 * t - 1) > limit)
+    rule = repetition(top_ngram_char_frac={n: limit})
+    for words, expected in ((total, f"gopher_top_{n}gram"), (total + 1, None)):
+        text = " ".join(phrase + filler(words - 2 * n) + phrase)
+        assert verdict_of(rule, record("q", text)) == expected
+
+
+@pytest.mark.parametrize(("n", "limit"), [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)])
+def test_duplicated_ngram_share(n, limit):
+    """A 10-word phrase of 4-letter words, twice in a row: the scan finds the second copy's first
+    n-gram repeated, counts its n words and jumps past them, (10 // n) times. A text of T words
+    has 5T - 1 characters."""
+    phrase = [f"ab{i:02d}" for i in range(10)]
+    covered = (10 // n) * n * 4
+    total = max(t for t in range(20, 400) if covered / (5 * t - 1) > limit)
+    rule = repetition(dup_ngram_char_frac={n: limit})
+    for words, expected in ((total, f"gopher_dup_{n}gram"), (total + 1, None)):
+        text = " ".join(phrase + phrase + filler(words - 20))
+        assert verdict_of(rule, record("q", text)) == expected
+
+
+def test_repetition_defaults_keep_short_and_normal_answers():
+    rules = GopherRepetition(GopherRepetitionConfig())
+    for answer in ("yes", "Paris is the capital of France.", GOOD_RESPONSE,
+                   "The cat sat on the mat. The dog sat on the rug. Both were happy."):
+        assert verdict_of(rules, record("q", answer)) is None
+    spam = "Buy now! " * 30
+    assert verdict_of(rules, record("q", spam)) == "gopher_top_2gram"
+
+
+# ---------------------------------------------------------------- Gopher quality ratios
+
+QUALITY_CASES = [
+    ("gopher_mean_word_length", "a b c d e f g h i j k l", "abc bcd cde def efg fgh ghi hij ijk jkl"),
+    ("gopher_mean_word_length", " ".join(["incomprehensibilities"] * 10), " ".join(["incomprehensible"] * 5 + ["word"] * 5)),
+    ("gopher_alpha_words", "Results 1234 5678 9012 3456 then values 7890 1234 were noted",
+     "Results were 1234 and 5678 when the values were noted"),
+    ("gopher_hash_ratio", "#tag " * 2 + "one two three four five six seven eight", "#tag one two three four five six seven eight nine ten"),
+    ("gopher_ellipsis_ratio", "well... maybe... one two three four five six seven eight", "well... maybe one two three four five six seven eight nine ten"),
+]
+
+
+@pytest.mark.parametrize(("reason", "dropped", "kept"), QUALITY_CASES)
+def test_gopher_quality(reason, dropped, kept):
+    rules = GopherQuality(GopherQualityConfig())
+    assert verdict_of(rules, record("q", dropped)) == reason
+    assert verdict_of(rules, record("q", kept)) is None
+
+
+def test_gopher_quality_leaves_short_answers_alone():
+    rules = GopherQuality(GopherQualityConfig())
+    for answer in ("no", "B", "42", "x = 1 + 2"):  # would fail the ratios, but are fine answers
+        assert verdict_of(rules, record("q", answer)) is None
