@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pydantic import TypeAdapter
 
+from filters import FilterSpec, build_chain
 from filters.dedup import Dedup, DedupConfig
 from filters.text import normalize, shingle_hashes
-from gen.records import to_table
+from gen.records import instruction_of, to_table
+
+SHARED_P3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "p3_sample"
 
 VOCABULARY = [f"{syllable}{suffix}" for syllable in ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi")
               for suffix in ("", "n", "ra", "so", "tel", "dum", "pix", "bar")]
@@ -174,3 +180,59 @@ def test_signature_estimates_track_exact_jaccard(dedup):
     for row, words in zip(signatures[1:], variants):
         estimate = float(np.mean(row == signatures[0]))
         assert abs(estimate - jaccard(base, words)) < 0.12  # 3 standard errors at 128 permutations
+
+
+def chain_input() -> list[dict]:
+    """Mixed records: good, broken in each way, duplicated; plus the real P3 sample when present."""
+    good = "Give three tips for staying healthy in winter."
+    answer = "Sleep eight hours, eat vegetables every day, and walk outside when the sun is up."
+    records = [
+        {"id": "good", "messages": [{"role": "user", "content": good}, {"role": "assistant", "content": answer}]},
+        {"id": "dup", "messages": [{"role": "user", "content": good.upper()}, {"role": "assistant", "content": answer}]},
+        {"id": "french", "messages": [{"role": "user", "content": "Donnez trois conseils pour rester en bonne santé."},
+                                      {"role": "assistant", "content": "Dormez, mangez des légumes et marchez."}]},
+        {"id": "picture", "messages": [{"role": "user", "content": "Draw a picture of a healthy breakfast."},
+                                       {"role": "assistant", "content": answer}]},
+        {"id": "cut", "finish_reason": "length", "messages": [{"role": "user", "content": "Explain winter health."},
+                                                              {"role": "assistant", "content": "Sleep eight"}]},
+        {"id": "empty", "messages": [{"role": "user", "content": ""}]},
+    ]
+    for path in sorted(SHARED_P3.glob("*.jsonl"))[:8]:
+        for n, line in enumerate(path.read_text().splitlines()):
+            row = json.loads(line)
+            records.append({"id": f"{path.stem}-{n}", "messages": [
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": row["completion"].removesuffix("<|endoftext|>")}]})
+    return records
+
+
+def test_whole_chain_kept_plus_rejected_is_everything(ray_ready):
+    specs = TypeAdapter(list[FilterSpec]).validate_python([
+        {"type": "response_rules"}, {"type": "instruction_rules"}, {"type": "refusal"},
+        {"type": "gopher_repetition"}, {"type": "gopher_quality"}, {"type": "language_id"},
+        {"type": "dedup"},
+    ])
+    chain = build_chain(specs)
+    records = chain_input()
+    kept, rejected = [], []
+    try:
+        for start in range(0, len(records), 300):
+            k, r = chain(records[start : start + 300])
+            kept += k
+            rejected += r
+        stats = chain.stats()
+    finally:
+        chain.close()
+    assert sorted(r["id"] for r in kept + rejected) == sorted(r["id"] for r in records)
+    assert len(to_table(kept, rejected=False)) + len(to_table(rejected, rejected=True)) == len(records)
+    drops = {r["id"]: (r["_drop"]["filter"], r["_drop"]["reason"]) for r in rejected}
+    assert drops["dup"] == ("dedup", "exact_duplicate")
+    assert drops["french"] == ("language_id", "lang_not_allowed")
+    assert drops["picture"] == ("instruction_rules", "instruction_blacklisted_word")
+    assert drops["cut"] == ("response_rules", "response_truncated")
+    assert drops["empty"] == ("response_rules", "response_empty")
+    assert "good" not in drops
+    assert sum(sum(s["dropped"].values()) for s in stats.values()) == len(rejected)
+    assert stats["dedup"]["kept"] == len(kept)
+    assert all(r["lang"] and r["minhash"] for r in kept)
+    assert all(instruction_of(r) for r in kept)
