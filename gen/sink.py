@@ -140,8 +140,8 @@ class ShardSink:
         entry: dict[str, Any] = {
             "shard": shard,
             "work_keys": work_keys,
-            "kept": len(kept),
-            "rejected": len(rejected),
+            "kept_rows": len(kept),
+            "rejected_rows": len(rejected),
             "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in kept + rejected),
             "completion_tokens": sum(r.get("completion_tokens") or 0 for r in kept + rejected),
             "dropped": drop_counts,
@@ -179,9 +179,9 @@ class ShardSink:
             for name, reasons in entry["dropped"].items():
                 dropped.setdefault(name, Counter()).update(reasons)
         return {
-            "records": sum(e["kept"] + e["rejected"] for e in entries),
-            "kept": sum(e["kept"] for e in entries),
-            "rejected": sum(e["rejected"] for e in entries),
+            "records": sum(e["kept_rows"] + e["rejected_rows"] for e in entries),
+            "kept": sum(e["kept_rows"] for e in entries),
+            "rejected": sum(e["rejected_rows"] for e in entries),
             "work_items": sum(len(e["work_keys"]) for e in entries),
             "prompt_tokens": sum(e["prompt_tokens"] for e in entries),
             "completion_tokens": sum(e["completion_tokens"] for e in entries),

@@ -140,10 +140,9 @@ def _resolve_paths(data: dict, base: Path) -> None:
 def _describe(exc: ValidationError, path: Path, text: str) -> str:
     lines = [f"{path}: invalid spec ({exc.error_count()} problem(s))"]
     for error in exc.errors():
-        loc = [str(p) for p in error["loc"]]
-        # pydantic puts the union member's tag in the path; a user thinks in their own keys
-        field = ".".join(p for p in loc if not p.endswith("Config") and "[" not in p) or "(top level)"
-        line = _line_of(text, error["loc"])
+        loc = _user_path(error["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(text, loc)
         where = f"{path}:{line}" if line else str(path)
         given = f" (got {error['input']!r})" if error["type"] != "missing" and not isinstance(
             error["input"], dict | list) else ""
@@ -151,7 +150,14 @@ def _describe(exc: ValidationError, path: Path, text: str) -> str:
     return "\n".join(lines)
 
 
-def _line_of(text: str, loc: tuple) -> int | None:
+def _user_path(loc: tuple) -> list:
+    """pydantic puts a stage's or filter's ``type`` tag in the path (``stages.0.respond.x``);
+    the user wrote ``stages.0.x``."""
+    return [part for i, part in enumerate(loc)
+            if not (i >= 2 and isinstance(loc[i - 1], int) and loc[i - 2] in ("stages", "filters"))]
+
+
+def _line_of(text: str, loc: list) -> int | None:
     """The 1-based YAML line of the deepest node of ``loc`` that exists in the file."""
     try:
         node = yaml.compose(text)
@@ -168,8 +174,6 @@ def _line_of(text: str, loc: tuple) -> int | None:
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
             line = node.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode | yaml.MappingNode):
-            continue  # a union tag in the pydantic path: skip it
         else:
             break
     return line
