@@ -92,7 +92,7 @@ def unpack_signature(blob: bytes | None, fingerprint: int, num_perm: int) -> tup
     return exact_key, np.frombuffer(blob, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
 
 
-class _Signatures:
+class Signatures:
     """Exact keys, MinHash values and LSH bucket keys of one batch, as arrays."""
 
     def __init__(self, exact_keys: np.ndarray, hashvalues: np.ndarray, band_keys: np.ndarray):
@@ -101,7 +101,7 @@ class _Signatures:
         self.band_keys = band_keys  # (records, bands) uint64
 
     @classmethod
-    def of(cls, exact_keys: np.ndarray, hashvalues: np.ndarray, bands: int) -> _Signatures:
+    def of(cls, exact_keys: np.ndarray, hashvalues: np.ndarray, bands: int) -> Signatures:
         # Bucket key of band b: the band's values folded into 64 bits, salted with b, so equal
         # values in different bands never share a bucket.
         rows = hashvalues.reshape(len(hashvalues), bands, -1).astype(np.uint64)
@@ -110,8 +110,26 @@ class _Signatures:
             keys = fmix64(keys * PRIME + rows[:, :, row])
         return cls(exact_keys, hashvalues, keys)
 
-    def take(self, indices: list[int]) -> _Signatures:
-        return _Signatures(self.exact_keys[indices], self.hashvalues[indices], self.band_keys[indices])
+    def take(self, indices: list[int]) -> Signatures:
+        return Signatures(self.exact_keys[indices], self.hashvalues[indices], self.band_keys[indices])
+
+
+def compute_signatures(config: DedupConfig, texts: list[str]) -> Signatures:
+    """Exact keys, MinHash signatures (datasketch, one permutation set) and bucket keys of texts."""
+    from datasketch import MinHash
+
+    normalized = [normalize(text).encode("utf-8") for text in texts]
+    exact_keys = np.array([xxhash.xxh3_64_intdigest(text) for text in normalized], dtype=np.uint64)
+    hashes, bounds = shingle_hashes(normalized, config.ngram)
+    shingles = (hashes >> np.uint64(32)).tolist()  # datasketch's affine32 scheme takes 32 bits
+    minhashes = MinHash.bulk(
+        (shingles[bounds[i] : bounds[i + 1]] for i in range(len(texts))),
+        num_perm=config.num_perm,
+        seed=config.seed,
+        hashfunc=int,  # the shingle hashes are already 32-bit integers
+    )
+    hashvalues = np.array([m.hashvalues for m in minhashes], dtype=np.uint32).reshape(len(texts), -1)
+    return Signatures.of(exact_keys, hashvalues, config.bands)
 
 
 # ---------------------------------------------------------------- the index actor
@@ -184,7 +202,7 @@ class Dedup(Filter):
     def judge(self, records: list[Record]) -> list[Verdict]:
         if not records:
             return []
-        signatures = self._signatures([text_of(record, self.config.text) for record in records])
+        signatures = compute_signatures(self.config, [text_of(record, self.config.text) for record in records])
         for record, exact_key, values in zip(records, signatures.exact_keys.tolist(), signatures.hashvalues):
             record["minhash"] = pack_signature(self._fingerprint, exact_key, values)
         exact_hits, candidates = self._lookup(signatures)
@@ -259,23 +277,7 @@ class Dedup(Filter):
 
     # -- signatures
 
-    def _signatures(self, texts: list[str]) -> _Signatures:
-        from datasketch import MinHash
-
-        normalized = [normalize(text).encode("utf-8") for text in texts]
-        exact_keys = np.array([xxhash.xxh3_64_intdigest(text) for text in normalized], dtype=np.uint64)
-        hashes, bounds = shingle_hashes(normalized, self.config.ngram)
-        shingles = (hashes >> np.uint64(32)).tolist()  # datasketch's affine32 scheme takes 32 bits
-        minhashes = MinHash.bulk(
-            (shingles[bounds[i] : bounds[i + 1]] for i in range(len(texts))),
-            num_perm=self.config.num_perm,
-            seed=self.config.seed,
-            hashfunc=int,  # the shingle hashes are already 32-bit integers
-        )
-        hashvalues = np.array([m.hashvalues for m in minhashes], dtype=np.uint32).reshape(len(texts), -1)
-        return _Signatures.of(exact_keys, hashvalues, self.config.bands)
-
-    def _stored_or_computed(self, records: list[Record]) -> _Signatures:
+    def _stored_or_computed(self, records: list[Record]) -> Signatures:
         """Signatures of committed records: unpacked from their ``minhash`` column where it was
         made with these settings, hashed from their text otherwise."""
         exact_keys = np.zeros(len(records), dtype=np.uint64)
@@ -288,18 +290,18 @@ class Dedup(Filter):
             else:
                 exact_keys[i], hashvalues[i] = stored
         if missing:
-            computed = self._signatures([text_of(records[i], self.config.text) for i in missing])
+            computed = compute_signatures(self.config, [text_of(records[i], self.config.text) for i in missing])
             exact_keys[missing], hashvalues[missing] = computed.exact_keys, computed.hashvalues
         self.reloaded += len(records) - len(missing)
         self.rehashed += len(missing)
-        return _Signatures.of(exact_keys, hashvalues, self.config.bands)
+        return Signatures.of(exact_keys, hashvalues, self.config.bands)
 
     # -- the index
 
     def _signature_shard(self, record_id: str) -> int:
         return xxhash.xxh32_intdigest(record_id.encode("utf-8")) % len(self._shards)
 
-    def _lookup(self, signatures: _Signatures) -> tuple[list[str | None], list[set[str]]]:
+    def _lookup(self, signatures: Signatures) -> tuple[list[str | None], list[set[str]]]:
         """Per record: a committed id with the same exact key, and the committed ids sharing a bucket."""
         import ray
 
@@ -328,7 +330,7 @@ class Dedup(Filter):
             for record_id, blob in zip(shard_ids, blobs)
         }
 
-    def _insert(self, ids: list[str], signatures: _Signatures) -> None:
+    def _insert(self, ids: list[str], signatures: Signatures) -> None:
         import ray
 
         if not ids:

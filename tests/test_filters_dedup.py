@@ -12,7 +12,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from filters import FilterSpec, build_chain
-from filters.dedup import Dedup, DedupConfig
+from filters.dedup import Dedup, DedupConfig, compute_signatures
 from filters.text import normalize, shingle_hashes
 from gen.records import instruction_of, to_table
 
@@ -22,20 +22,8 @@ VOCABULARY = [f"{syllable}{suffix}" for syllable in ("ka", "lo", "mi", "ne", "ru
               for suffix in ("", "n", "ra", "so", "tel", "dum", "pix", "bar")]
 
 
-@pytest.fixture(scope="module")
-def ray_ready():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.fixture
-def dedup(ray_ready):
+def dedup(ray_session):
     filters = []
 
     def build(**settings) -> Dedup:
@@ -172,11 +160,10 @@ def test_shingle_hashes_match_string_ngrams():
     assert len({g for grams in by_hash.values() for g in grams}) == len(by_hash)
 
 
-def test_signature_estimates_track_exact_jaccard(dedup):
-    f = dedup()
+def test_signature_estimates_track_exact_jaccard():
     base = text(400, words=200)
     variants = [mutate(base, changes, seed=changes) for changes in (1, 3, 6, 10, 20)]
-    signatures = f._signatures([" ".join(w) for w in [base, *variants]]).hashvalues
+    signatures = compute_signatures(DedupConfig(), [" ".join(w) for w in [base, *variants]]).hashvalues
     for row, words in zip(signatures[1:], variants):
         estimate = float(np.mean(row == signatures[0]))
         assert abs(estimate - jaccard(base, words)) < 0.12  # 3 standard errors at 128 permutations
@@ -206,7 +193,7 @@ def chain_input() -> list[dict]:
     return records
 
 
-def test_whole_chain_kept_plus_rejected_is_everything(ray_ready):
+def test_whole_chain_kept_plus_rejected_is_everything(ray_session):
     specs = TypeAdapter(list[FilterSpec]).validate_python([
         {"type": "response_rules"}, {"type": "instruction_rules"}, {"type": "refusal"},
         {"type": "gopher_repetition"}, {"type": "gopher_quality"}, {"type": "language_id"},
