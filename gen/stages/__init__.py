@@ -8,10 +8,20 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from gen.stages.base import SourceStage, Stage, StageConfig, StageContext
+from gen.stages.evol_instruct import EvolInstruct, EvolInstructConfig
+from gen.stages.magpie import Magpie, MagpieConfig
 from gen.stages.respond import Respond, RespondConfig
+from gen.stages.self_chat import SelfChat, SelfChatConfig
+from gen.stages.self_instruct import SelfInstruct, SelfInstructConfig
+from gen.stages.template import Template, TemplateConfig
 
 STAGES: dict[type[StageConfig], type[Stage]] = {
     RespondConfig: Respond,
+    SelfInstructConfig: SelfInstruct,
+    EvolInstructConfig: EvolInstruct,
+    SelfChatConfig: SelfChat,
+    MagpieConfig: Magpie,
+    TemplateConfig: Template,
 }
 
 StageSpec = Annotated[Union[tuple(STAGES)], Field(discriminator="type")]  # noqa: UP007

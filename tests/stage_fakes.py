@@ -1,0 +1,59 @@
+"""Stand-ins for the engine pool and committed work, so stage logic is tested on known model output."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from cluster.engine import Completion
+from gen.sampling import Sampling
+from gen.stages.base import StageContext
+
+
+def completion(text: str, finish_reason: str = "stop") -> Completion:
+    return Completion(text, finish_reason, prompt_tokens=10, completion_tokens=len(text.split()))
+
+
+class ScriptedEngine:
+    """Answers each request with ``reply(prompt)``; records every prompt it was sent."""
+
+    def __init__(self, reply: Callable[[object], Completion], user_turn_prefix: str | None = "<|im_start|>user\n",
+                 capacity: int = 4):
+        self.reply = reply
+        self.user_turn_prefix = user_turn_prefix
+        self.capacity = capacity
+        self.max_model_len = 2048
+        self.prompts: list[object] = []
+
+    async def complete(self, prompt: str, sampling: dict) -> list[Completion]:
+        return await self._answer(prompt)
+
+    async def chat(self, messages: list[dict[str, str]], sampling: dict) -> list[Completion]:
+        return await self._answer(messages)
+
+    async def _answer(self, prompt) -> list[Completion]:
+        self.prompts.append(prompt)
+        await asyncio.sleep(0)  # let other requests interleave, as with the real pool
+        return [self.reply(prompt)]
+
+
+class Committed:
+    """What the sink hands a resumed run: committed work keys and records."""
+
+    def __init__(self, records: list[dict] | None = None):
+        self._records = records or []
+
+    @property
+    def keys(self) -> set[str]:
+        return {record["work_key"] for record in self._records}
+
+    def records(self, columns: list[str] | None = None, kinds=("data", "rejected")) -> list[dict]:
+        return [{k: v for k, v in record.items() if columns is None or k in columns} for record in self._records]
+
+
+def context(engine, **sampling) -> StageContext:
+    return StageContext(engine=engine, model="scripted", sampling=Sampling(**sampling))
+
+
+async def collect(iterator) -> list[dict]:
+    return [record async for record in iterator]
