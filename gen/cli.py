@@ -46,21 +46,37 @@ def run(spec: SpecArg, set_: SetOpt = None, address: AddressOpt = None,
         progress: Annotated[Optional[bool], typer.Option(  # noqa: UP007
             "--progress/--no-progress", help="Live progress line (default: when on a terminal).")] = None):
     """Generate: seeds through the spec's stages and filters into Parquet shards."""
+    _run(_load(spec, set_), address, progress)
+
+
+def _run(spec, address: str | None, progress: bool | None) -> None:
     from gen.run import run as run_spec
     from gen.seeds import SeedError
     from gen.sink import OutputError
 
-    loaded = _load(spec, set_)
     _setup_logging()
     try:
-        manifest = run_spec(loaded, address=address, progress=progress)
+        manifest = run_spec(spec, address=address, progress=progress)
     except (SeedError, OutputError) as exc:
         _fail(str(exc))
     totals, this_run = manifest["totals"], manifest["this_run"]
     typer.echo(
-        f"{totals['kept']} kept, {totals['rejected']} rejected records in {loaded.output.dir} "
+        f"{totals['kept']} kept, {totals['rejected']} rejected records in {spec.output.dir} "
         f"({this_run['completion_tokens']} tokens generated this run, "
-        f"{this_run['tokens_per_s']} tok/s); manifest: {Path(loaded.output.dir) / 'manifest.json'}")
+        f"{this_run['tokens_per_s']} tok/s); manifest: {Path(spec.output.dir) / 'manifest.json'}")
+
+
+@app.command("filter")
+def filter_(inputs: Annotated[list[Path], typer.Argument(help="JSONL, JSON or Parquet files or globs.")],
+            spec: Annotated[Path, typer.Option("--spec", help="A spec whose filters section to apply.")],
+            output: Annotated[Path, typer.Option("--output", help="The output dir (same layout as sdg run).")],
+            set_: SetOpt = None, address: AddressOpt = None,
+            progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None):  # noqa: UP007
+    """Run only the spec's filter chain over an existing dataset (resumable, like sdg run)."""
+    paths = [str(p.absolute()) for p in inputs]
+    overrides = [f"seeds.paths={json.dumps(paths)}", f"output.dir={json.dumps(str(output.absolute()))}",
+                 "stages=[]", *(set_ or [])]
+    _run(_load(spec, overrides), address, progress)
 
 
 @app.command()

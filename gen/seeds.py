@@ -1,7 +1,9 @@
 """Seed records in: JSONL, JSON arrays, Parquet and CSV, in the formats of the literature.
 
 Self-Instruct seed tasks (``instruction`` + ``instances: [{input, output}]``), Alpaca records
-(``instruction``, ``input``, ``output``) and chat ``messages`` are recognised without being told;
+(``instruction``, ``input``, ``output``), ``prompt``/``completion`` pairs (P3, OpenAI fine-tuning
+files) and chat ``messages`` are recognised without being told; a given output becomes the
+assistant turn (``respond`` answers afresh; ``sdg filter`` judges it as it is);
 ``format: rows`` passes labelled-dataset rows through for the ``template`` stage. A malformed line
 stops the run with ``file:line: what is wrong``, or with ``on_error: skip`` is counted, reported
 and left out.
@@ -42,7 +44,7 @@ class SeedReader:
     """Iterate to get seed records; ``problems`` lists what was skipped (with on_error=skip)."""
 
     paths: list[str]
-    format: str = "auto"
+    format: str = "auto"  # see SeedsSpec.format
     on_error: str = "fail"
     limit: int | None = None
     problems: list[SeedProblem] = field(default_factory=list)
@@ -89,6 +91,12 @@ class SeedReader:
             return [self._record(raw, where, [], {"row": raw})]
         if kind == "messages":
             return [self._record(raw, where, _messages(raw), {})]
+        if kind == "prompt_completion":
+            prompt, completion = raw.get("prompt"), raw.get("completion")
+            if not isinstance(prompt, str) or not prompt.strip() or not isinstance(completion, str):
+                raise SeedError("'prompt' must be a non-empty string and 'completion' a string")
+            return [self._record(raw, where, [{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": completion}], {})]
         instruction = raw.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
             raise SeedError("'instruction' must be a non-empty string")
@@ -110,7 +118,10 @@ class SeedReader:
                 "seed_output": seed_output,
                 "is_classification": bool(raw.get("is_classification", False)),
             }
-            records.append(self._record(raw, where, [{"role": "user", "content": prompt}], metadata))
+            messages = [{"role": "user", "content": prompt}]
+            if seed_output.strip():
+                messages.append({"role": "assistant", "content": seed_output})
+            records.append(self._record(raw, where, messages, metadata))
         return records
 
     def _record(self, raw: dict, where: str, messages: list, metadata: dict) -> Record:
@@ -135,9 +146,12 @@ def _recognise(raw: dict) -> str:
         return "self_instruct"
     if "instruction" in raw:
         return "alpaca"
+    if "prompt" in raw and "completion" in raw:
+        return "prompt_completion"
     raise SeedError(
         f"not a recognised seed record (keys: {', '.join(sorted(raw)) or 'none'}); expected "
-        "'instruction' (Self-Instruct / Alpaca) or 'messages', or set seeds.format: rows"
+        "'instruction' (Self-Instruct / Alpaca), 'messages' or 'prompt' + 'completion', "
+        "or set seeds.format: rows"
     )
 
 

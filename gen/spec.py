@@ -26,9 +26,9 @@ class _Section(BaseModel):
 class SeedsSpec(_Section):
     paths: list[str] = Field(min_length=1)
     """Files or globs (JSONL, JSON arrays, Parquet, CSV), relative to the spec file."""
-    format: Literal["auto", "self_instruct", "alpaca", "messages", "rows"] = "auto"
-    """``auto`` recognises Self-Instruct, Alpaca and ``messages`` records; ``rows`` passes
-    labelled-dataset rows through untouched (for the ``template`` stage)."""
+    format: Literal["auto", "self_instruct", "alpaca", "messages", "prompt_completion", "rows"] = "auto"
+    """``auto`` recognises Self-Instruct, Alpaca, ``messages`` and ``prompt``/``completion``
+    records; ``rows`` passes labelled-dataset rows through untouched (for ``template``)."""
     on_error: Literal["fail", "skip"] = "fail"
     """``skip``: a malformed line is counted, reported and left out instead of stopping the run."""
     limit: int | None = Field(None, ge=1)
@@ -70,7 +70,8 @@ class Spec(_Section):
     seeds: SeedsSpec
     model: ModelSpec = ModelSpec()
     sampling: Sampling = Sampling()
-    stages: list[StageSpec] = Field(min_length=1)
+    stages: list[StageSpec] = []
+    """Empty: the seeds themselves go through the filters (what ``sdg filter`` does)."""
     filters: list[FilterSpec] = []
     output: OutputSpec
 
@@ -85,6 +86,7 @@ class SpecError(ValueError):
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    """Read, override and validate a spec; raises :class:`SpecError` naming file, line and field."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

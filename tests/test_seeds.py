@@ -20,13 +20,16 @@ def test_formats_are_recognised_without_being_told(tmp_path):
          "instances": [{"input": "b a", "output": "a b"}, {"input": "d c", "output": "c d"}]},
         {"instruction": "Name a colour.", "input": "", "output": "Red."},
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+        {"prompt": "Is 7 prime?\n", "completion": "yes"},
+        {"instruction": "Say nothing yet."},
     ]) + "\n")
     reader, records = read([path])
-    assert [r["messages"][0]["content"] for r in records] == [
-        "Sort the words.\n\nb a", "Sort the words.\n\nd c", "Name a colour.", "Hi"]
-    assert records[0]["seed_id"] == "t1" and records[0]["metadata"]["seed_output"] == "a b"
+    assert [[m["content"] for m in r["messages"]] for r in records] == [
+        ["Sort the words.\n\nb a", "a b"], ["Sort the words.\n\nd c", "c d"], ["Name a colour.", "Red."],
+        ["Hi", "Hello"], ["Is 7 prime?\n", "yes"], ["Say nothing yet."]]
+    assert records[0]["seed_id"] == "t1" and records[0]["metadata"]["seed_input"] == "b a"
     assert records[0]["metadata"]["seed_source"] == f"{path}:1"
-    assert len({r["work_key"] for r in records}) == 4 and reader.skipped == 0
+    assert len({r["work_key"] for r in records}) == 6 and reader.skipped == 0
 
 
 def test_identical_seeds_stay_distinct_and_ids_are_stable_across_reads(tmp_path):
@@ -41,7 +44,7 @@ def test_json_array_parquet_and_csv_rows(tmp_path):
     pq.write_table(pa.table({"instruction": ["Three."], "input": [""], "output": ["3"]}), tmp_path / "b.parquet")
     (tmp_path / "c.csv").write_text("text,label\ngood film,positive\n")
     _, records = read([tmp_path / "a.json", tmp_path / "b.parquet"])
-    assert [r["messages"][0]["content"] for r in records] == ["One.", "Two.", "Three."]
+    assert [[m["content"] for m in r["messages"]] for r in records] == [["One."], ["Two."], ["Three.", "3"]]
     _, rows = read([tmp_path / "c.csv"], format="rows")
     assert rows[0]["metadata"]["row"] == {"text": "good film", "label": "positive"}
     assert rows[0]["messages"] == []
@@ -59,7 +62,7 @@ BAD_LINES = [
     ('{"instruction": "ok"}', None),
     ('{"instruction": ', "not valid JSON"),
     ('["a list"]', "expected an object, got list"),
-    ('{"prompt": "x"}', "not a recognised seed record (keys: prompt)"),
+    ('{"text": "x"}', "not a recognised seed record (keys: text)"),
     ('{"instruction": ""}', "'instruction' must be a non-empty string"),
     ('{"messages": [{"role": "bot", "content": "x"}]}', "messages[0].role must be system, user or assistant"),
 ]
