@@ -126,7 +126,8 @@ class EvolInstruct(Stage):
 
         def made(messages: list[dict[str, str]], completion=rewrite, **metadata) -> Record:
             return self.derive(parent, messages, index=evol_round, completion=completion, template=template,
-                               round=evol_round, evol_round=evol_round, evol_op=op, **metadata)
+                               round=evol_round, evol_round=evol_round, evol_op=op, evolved_from=original,
+                               **metadata)
 
         question = [{"role": "user", "content": evolved}]
         if reason := failure(rewrite):
@@ -155,4 +156,4 @@ class EvolInstruct(Stage):
             if parse_equality(judgement.text):
                 return drop(made(answered, response), self.name, "no_information_gain",
                             judged_by="model", judgement=judgement.text.strip())
-        return made(answered, response, evolved_from=original)
+        return made(answered, response)

@@ -1,0 +1,68 @@
+"""template: P3-style rendering, deterministic template choice, the sandbox, and tolerant errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+from stage_fakes import context
+
+from gen.records import is_dropped
+from gen.stages.template import Template, TemplateConfig
+
+TEMPLATES = [
+    {"name": "is_positive", "jinja": "Is this review positive?\n{{ text }} ||| {{ answer_choices[label | int] }}"},
+    {"name": "sentiment", "jinja": "What is the sentiment of: {{ text }} ||| {{ answer_choices[label | int] }}"},
+    {"name": "tone", "jinja": "Review: {{ row['text'] }}\nTone? ||| {{ answer_choices[label | int] }}"},
+]
+
+
+def row_record(i: int, row: dict) -> dict:
+    return {"id": f"r{i}", "work_key": f"r{i}", "seed_id": f"r{i}", "method": "seed", "messages": [],
+            "metadata": {"row": row}}
+
+
+def stage(**config) -> Template:
+    return Template(TemplateConfig(templates=TEMPLATES, answer_choices=["negative", "positive"], **config),
+                    context(None))
+
+
+def test_rows_render_through_one_template_chosen_from_the_seed():
+    rows = [row_record(i, {"text": f"Review number {i}", "label": str(i % 2)}) for i in range(20)]
+    first = [asyncio.run(stage().process(r)) for r in rows]
+    again = [asyncio.run(stage().process(r)) for r in rows]
+    assert first == [[{**a, "created_at": b["created_at"]} for a, b in zip(x, y)] for x, y in zip(again, first)]
+    assert all(len(out) == 1 and not is_dropped(out[0]) for out in first)
+    assert len({out[0]["template"] for out in first}) > 1  # templates vary across examples
+    record = first[1][0]
+    assert record["messages"][1] == {"role": "assistant", "content": "positive"}
+    assert "Review number 1" in record["messages"][0]["content"]
+    assert record["stage"] == "template" and record["model"] is None and record["template_hash"]
+
+
+def test_every_template_per_example_like_p3():
+    out = asyncio.run(stage(templates_per_example=3).process(row_record(0, {"text": "Great", "label": "1"})))
+    assert sorted(r["template"] for r in out) == ["is_positive", "sentiment", "tone"]
+    assert len({r["id"] for r in out}) == 3
+
+
+def test_bad_rows_and_unsafe_templates_are_dropped_not_raised():
+    [missing] = asyncio.run(stage().process(row_record(0, {"label": "1"})))
+    assert missing["_drop"]["reason"] == "template_error"
+    [no_row] = asyncio.run(stage().process({**row_record(1, {}), "metadata": {}}))
+    assert no_row["_drop"]["reason"] == "no_row"
+    unsafe = Template(TemplateConfig(templates=[
+        {"name": "evil", "jinja": "{{ text.__class__.__mro__[1].__subclasses__() }} ||| x"}]), context(None))
+    [record] = asyncio.run(unsafe.process(row_record(2, {"text": "hi"})))
+    assert record["_drop"]["reason"] in ("template_unsafe", "template_error")
+    assert "subclasses" not in str(record["messages"])
+
+
+def test_malformed_templates_are_refused_when_the_spec_is_read():
+    with pytest.raises(ValidationError, match=r"exactly one \|\|\|"):
+        TemplateConfig(templates=[{"name": "a", "jinja": "no separator"}])
+    with pytest.raises(ValidationError, match="syntax error"):
+        TemplateConfig(templates=[{"name": "a", "jinja": "{{ text ||| x"}])
+    with pytest.raises(ValidationError, match="distinct"):
+        TemplateConfig(templates=[TEMPLATES[0], TEMPLATES[0]])
