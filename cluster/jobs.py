@@ -121,15 +121,19 @@ def _client(address: str) -> JobSubmissionClient:
 
 
 def _blocking(chunks: AsyncIterator[str]) -> Iterator[str]:
-    """Drive the SDK's async log stream from synchronous code (the CLI)."""
-    loop = asyncio.new_event_loop()
-    try:
+    """Drive the SDK's async log stream from synchronous code (the CLI).
+
+    asyncio.Runner, because its cleanup covers every way out: on Ctrl-C it cancels the pending
+    read, and on close it closes the stream (and its HTTP session) when the caller stops early.
+    """
+
+    async def next_chunk() -> str:
+        return await anext(chunks)
+
+    with asyncio.Runner() as runner:
         while True:
             try:
-                chunk = loop.run_until_complete(anext(chunks))
+                chunk = runner.run(next_chunk())
             except StopAsyncIteration:
                 return
             yield chunk
-    finally:
-        loop.run_until_complete(chunks.aclose())
-        loop.close()
