@@ -35,25 +35,28 @@ def ray_tmpdir_with_stale_cluster() -> Iterator[str]:
     # Short path: Ray's unix sockets live below it and must fit in 107 characters.
     tmpdir = tempfile.mkdtemp(prefix="sdg-stale-", dir="/tmp")
     address_file = Path(tmpdir) / "ray" / "ray_current_cluster"
-    head = subprocess.Popen(
-        [VENV_BIN / "ray", "start", "--head", "--block", f"--port={_free_port()}",
-         "--num-cpus=1", "--include-dashboard=false",
-         f"--ray-client-server-port={_free_port()}",
-         f"--dashboard-agent-listen-port={_free_port()}"],
-        env=_env(tmpdir), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not (address_file.exists() and address_file.read_text().strip()):
-            assert head.poll() is None, "ray start --head exited"
-            assert time.monotonic() < deadline, "ray start --head wrote no address in 60 s"
-            time.sleep(0.5)
+        head = subprocess.Popen(
+            [VENV_BIN / "ray", "start", "--head", "--block", f"--port={_free_port()}",
+             "--num-cpus=1", "--include-dashboard=false",
+             f"--ray-client-server-port={_free_port()}",
+             f"--dashboard-agent-listen-port={_free_port()}"],
+            env=_env(tmpdir), start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not (address_file.exists() and address_file.read_text().strip()):
+                assert head.poll() is None, "ray start --head exited"
+                assert time.monotonic() < deadline, "ray start --head wrote no address in 60 s"
+                time.sleep(0.5)
+        finally:
+            # Killed outright, as by a crash or an interrupted `ray stop`: the file stays.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        yield tmpdir
     finally:
-        # Killed outright, the way a crash or an interrupted `ray stop` leaves it: file stays.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-    yield tmpdir
-    shutil.rmtree(tmpdir, ignore_errors=True)
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _env(ray_tmpdir: str) -> dict[str, str]:
