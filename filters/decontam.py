@@ -68,7 +68,7 @@ class Decontamination(Filter):
         self.benchmark_names = [b.name or Path(b.path).stem for b in config.benchmarks]
         hashes, owners = [], []
         for index, benchmark in enumerate(config.benchmarks):
-            prompts = [normalize(prompt).encode("utf-8") for prompt in read_prompts(benchmark)]
+            prompts = [normalize(prompt) for prompt in read_prompts(benchmark)]
             ngram_hashes, _ = shingle_hashes(prompts, config.ngram)
             hashes.append(ngram_hashes)
             owners.append(np.full(len(ngram_hashes), index, dtype=np.int32))
@@ -82,7 +82,7 @@ class Decontamination(Filter):
     def judge(self, records: list[Record]) -> list[Verdict]:
         fields = ["instruction", "response"] if self.config.text == "both" else [self.config.text]
         texts = [normalize(text_of(record, field)) for record in records for field in fields]
-        hashes, bounds = shingle_hashes([text.encode("utf-8") for text in texts], self.config.ngram)
+        hashes, bounds = shingle_hashes(texts, self.config.ngram)
         positions = np.minimum(np.searchsorted(self._hashes, hashes), len(self._hashes) - 1)
         matched = np.flatnonzero(self._hashes[positions] == hashes)
         verdicts: list[Verdict] = [None] * len(records)

@@ -1,32 +1,35 @@
-"""Global dedup: an exact pass on the normalised text, then MinHash LSH near-dedup.
+"""Global dedup: an exact pass on the normalised text, then MinHash LSH near-dedup decided by the
+exact Jaccard of the shingle sets.
 
 How a batch is judged (in the driver, at commit time, in commit order):
 
 1. Each record's judged text is normalised (:func:`filters.text.normalize`) and hashed (exact
    key), and its word n-gram shingles are hashed for the whole batch at once
-   (:func:`shingle_hashes`). datasketch turns those hashes into MinHash signatures with
-   ``MinHash.bulk``: one permutation set for the batch, no per-token ``update``.
+   (:func:`shingle_hashes`). Each record's shingle set (sorted unique 32-bit hashes) and its
+   MinHash signature (:func:`minhash`) come from those hashes, with no n-gram string built.
 2. Each signature is cut into ``bands`` bands; each band is hashed to a 64-bit bucket key.
 3. The index is global to the run and lives in ``index_shards`` Ray actors: band ``b`` lives on
-   shard ``b % index_shards``, a record's signature on the shard its id hashes to. The driver asks
-   every shard at once which committed records share an exact key or a bucket with each record,
-   fetches those candidates' signatures, and keeps a record unless an earlier one (committed, or
-   earlier in this batch) has the same exact key or an estimated Jaccard >= ``threshold``.
-4. The kept records' keys and signatures are inserted, so the next batch (from any shard or
+   shard ``b % index_shards``, a record's shingle set on the shard its id hashes to. The driver
+   asks every shard at once which committed records share an exact key or a bucket with each
+   record, fetches those candidates' shingle sets, and keeps a record unless an earlier one
+   (committed, or earlier in this batch) has the same exact key or an exact Jaccard >= ``threshold``.
+4. The kept records' keys and shingle sets are inserted, so the next batch (from any shard or
    replica) is judged against them: the first committed record of a cluster is the one kept.
 
-LSH only proposes candidates; the estimated Jaccard over the full signature decides. So the
-bands are set for recall well below the threshold (32 bands of 4 rows: a pair at Jaccard 0.7 is a
-candidate with probability 1 - (1 - 0.7^4)^32 = 0.9998) and precision comes from the check.
+LSH only proposes candidates; the exact Jaccard of the two shingle sets decides (:func:`jaccard`),
+so there is no estimation error at the threshold. The bands are therefore set for candidate recall
+~1 at the threshold (32 bands of 4 rows: a pair at Jaccard 0.7 is a candidate with probability
+1 - (1 - 0.7^4)^32 = 0.9998), and the false candidates that costs are removed by the exact check.
 
-Every judged record gets its signature in ``record["minhash"]`` (header + exact key + values;
-:func:`pack_signature`), which the sink writes to the shard. A resumed run (``observe_committed``)
+Every judged record gets its signature and shingle set in ``record["minhash"]``
+(:func:`pack_signature`), which the sink writes to the shard. A resumed run (``observe_committed``)
 and ``against: [DIR, ...]`` reload the index from that column without re-hashing text; only
-records whose signature was made with other settings are re-hashed.
+records whose column was made with other settings (or an older format) are re-hashed.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 from pathlib import Path
 from typing import Any, Literal
@@ -48,8 +51,9 @@ class DedupConfig(FilterConfig):
     text: TextField = "instruction"
     # 5-word shingles: datatrove and text-dedup (ANCHORS, MinHash near-dedup defaults).
     ngram: int = 5
-    # datasketch's default 128 permutations (datatrove 112, text-dedup 240-250): the estimate's
-    # standard error at Jaccard 0.7 is sqrt(0.7 * 0.3 / 128) = 0.04.
+    # datasketch's default 128 permutations (datatrove 112, text-dedup 240-250), as 32 bands of 4
+    # rows: only candidate recall matters (the exact Jaccard decides), and a pair at 0.7 is a
+    # candidate with probability 0.9998, at 0.65 with 0.9993.
     num_perm: int = 128
     bands: int = 32
     # text-dedup's 0.7; datatrove's 14 x 8 bands aim at ~0.72.
@@ -69,8 +73,16 @@ class DedupConfig(FilterConfig):
 
 # ---------------------------------------------------------------- signatures and their storage
 
-_MAGIC = b"sdgM"
-_HEADER = struct.Struct("<4sIQ")  # magic, settings fingerprint, exact key
+# A record's shingle set keeps at most this many hashes, its smallest: 8 kB, a ~2,000-word text.
+# Two sets are compared below the smaller cut-off (:func:`jaccard`), which is exact when neither
+# was cut and, when one was, an estimate from a consistent sample of >= 2,048 shingles of the
+# union (standard error <= 0.01 at 0.7, against 0.04 for 128 permutations).
+MAX_SHINGLES = 2048
+
+# Format 2 ("sdg2"): header, signature, shingle set. Format 1 ("sdgM", signature only) and other
+# settings do not unpack, so those records are re-hashed from their text.
+_MAGIC = b"sdg2"
+_HEADER = struct.Struct("<4sIQI")  # magic, settings fingerprint, exact key, shingles stored
 
 
 def settings_fingerprint(config: DedupConfig) -> int:
@@ -78,58 +90,94 @@ def settings_fingerprint(config: DedupConfig) -> int:
     return xxhash.xxh32_intdigest(f"{config.text}|{config.ngram}|{config.num_perm}|{config.seed}".encode())
 
 
-def pack_signature(fingerprint: int, exact_key: int, hashvalues: np.ndarray) -> bytes:
-    return _HEADER.pack(_MAGIC, fingerprint, exact_key) + hashvalues.astype("<u4").tobytes()
+def pack_signature(fingerprint: int, exact_key: int, hashvalues: np.ndarray, shingles: np.ndarray) -> bytes:
+    return (_HEADER.pack(_MAGIC, fingerprint, exact_key, len(shingles))
+            + hashvalues.astype("<u4").tobytes() + shingles.astype("<u4").tobytes())
 
 
-def unpack_signature(blob: bytes | None, fingerprint: int, num_perm: int) -> tuple[int, np.ndarray] | None:
-    """(exact key, hash values) from a stored signature, or None if it was made differently."""
-    if not blob or len(blob) != _HEADER.size + 4 * num_perm:
+def unpack_signature(blob: bytes | None, fingerprint: int,
+                     num_perm: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(exact key, hash values, shingle set) from a stored column, or None if it was made differently."""
+    if not blob or len(blob) < _HEADER.size:
         return None
-    magic, stored_fingerprint, exact_key = _HEADER.unpack_from(blob)
-    if magic != _MAGIC or stored_fingerprint != fingerprint:
+    magic, stored_fingerprint, exact_key, count = _HEADER.unpack_from(blob)
+    if magic != _MAGIC or stored_fingerprint != fingerprint or len(blob) != _HEADER.size + 4 * (num_perm + count):
         return None
-    return exact_key, np.frombuffer(blob, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
+    values = np.frombuffer(blob, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
+    return exact_key, values[:num_perm], values[num_perm:]
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two shingle sets (sorted, unique, each its MAX_SHINGLES smallest)."""
+    cut = [s[-1] for s in (a, b) if len(s) == MAX_SHINGLES]
+    if cut:  # compare on the hash range both sets still cover
+        a, b = a[a <= min(cut)], b[b <= min(cut)]
+    shared = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - shared
+    return shared / union if union else 1.0
 
 
 class Signatures:
-    """Exact keys, MinHash values and LSH bucket keys of one batch, as arrays."""
+    """Exact keys, MinHash values, LSH bucket keys and shingle sets of one batch."""
 
-    def __init__(self, exact_keys: np.ndarray, hashvalues: np.ndarray, band_keys: np.ndarray):
+    def __init__(self, exact_keys: np.ndarray, hashvalues: np.ndarray, band_keys: np.ndarray,
+                 shingles: list[np.ndarray]):
         self.exact_keys = exact_keys  # (records,) uint64
         self.hashvalues = hashvalues  # (records, num_perm) uint32
         self.band_keys = band_keys  # (records, bands) uint64
+        self.shingles = shingles  # per record: sorted unique uint32 shingle hashes, <= MAX_SHINGLES
 
     @classmethod
-    def of(cls, exact_keys: np.ndarray, hashvalues: np.ndarray, bands: int) -> Signatures:
+    def of(cls, exact_keys: np.ndarray, hashvalues: np.ndarray, shingles: list[np.ndarray], bands: int) -> Signatures:
         # Bucket key of band b: the band's values folded into 64 bits, salted with b, so equal
         # values in different bands never share a bucket.
         rows = hashvalues.reshape(len(hashvalues), bands, -1).astype(np.uint64)
         keys = np.broadcast_to(np.arange(bands, dtype=np.uint64), rows.shape[:2]).copy()
         for row in range(rows.shape[2]):
             keys = fmix64(keys * PRIME + rows[:, :, row])
-        return cls(exact_keys, hashvalues, keys)
+        return cls(exact_keys, hashvalues, keys, shingles)
 
     def take(self, indices: list[int]) -> Signatures:
-        return Signatures(self.exact_keys[indices], self.hashvalues[indices], self.band_keys[indices])
+        return Signatures(self.exact_keys[indices], self.hashvalues[indices], self.band_keys[indices],
+                          [self.shingles[i] for i in indices])
+
+
+@functools.cache
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multipliers (odd) and offsets of the hash functions x -> (a * x + b) mod 2**64 >> 32."""
+    a, b = np.random.default_rng(seed).integers(0, 1 << 64, size=(2, num_perm), dtype=np.uint64, endpoint=False)
+    return a | np.uint64(1), b
+
+
+def minhash(shingles: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
+    """The MinHash signature (uint32) of a set of uint32 shingle hashes.
+
+    Each of the ``num_perm`` hash functions is Dietzfelbinger's multiply-add-shift,
+    (a * x + b) mod 2**64 >> 32: universal, and only a multiply and an add per shingle, where
+    datasketch's affine scheme also needs a modulo. The shift comes after the minimum (it is
+    monotone). An empty set gets 2**32 - 1 everywhere.
+    """
+    if not len(shingles):
+        return np.full(num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
+    a, b = _permutations(num_perm, seed)
+    products = shingles.astype(np.uint64)[:, None] * a
+    products += b
+    return (products.min(axis=0) >> np.uint64(32)).astype(np.uint32)
 
 
 def compute_signatures(config: DedupConfig, texts: list[str]) -> Signatures:
-    """Exact keys, MinHash signatures (datasketch, one permutation set) and bucket keys of texts."""
-    from datasketch import MinHash
-
-    normalized = [normalize(text).encode("utf-8") for text in texts]
-    exact_keys = np.array([xxhash.xxh3_64_intdigest(text) for text in normalized], dtype=np.uint64)
+    """Exact keys, shingle sets, MinHash signatures and bucket keys of texts."""
+    normalized = [normalize(text) for text in texts]
+    exact_keys = np.array([xxhash.xxh3_64_intdigest(text.encode("utf-8")) for text in normalized], dtype=np.uint64)
     hashes, bounds = shingle_hashes(normalized, config.ngram)
-    shingles = (hashes >> np.uint64(32)).tolist()  # datasketch's affine32 scheme takes 32 bits
-    minhashes = MinHash.bulk(
-        (shingles[bounds[i] : bounds[i + 1]] for i in range(len(texts))),
-        num_perm=config.num_perm,
-        seed=config.seed,
-        hashfunc=int,  # the shingle hashes are already 32-bit integers
-    )
-    hashvalues = np.array([m.hashvalues for m in minhashes], dtype=np.uint32).reshape(len(texts), -1)
-    return Signatures.of(exact_keys, hashvalues, config.bands)
+    top_bits = (hashes >> np.uint64(32)).astype(np.uint32)
+    hashvalues = np.empty((len(texts), config.num_perm), dtype=np.uint32)
+    shingles = []
+    for i in range(len(texts)):
+        distinct = np.unique(top_bits[bounds[i] : bounds[i + 1]])  # sorted
+        hashvalues[i] = minhash(distinct, config.num_perm, config.seed)
+        shingles.append(distinct[:MAX_SHINGLES])
+    return Signatures.of(exact_keys, hashvalues, shingles, config.bands)
 
 
 # ---------------------------------------------------------------- the index actor
@@ -139,7 +187,7 @@ class IndexShard:
     """One shard of the run-global index, run as a Ray actor.
 
     Shard ``s`` of ``S`` holds the buckets of bands ``b`` with ``b % S == s``, the exact keys with
-    ``key % S == s``, and the signatures the driver routes to it (by record id). Each bucket and
+    ``key % S == s``, and the shingle sets the driver routes to it (by record id). Each bucket and
     exact key remembers only the first record committed with it: that is the record a later
     duplicate is reported against, and one id per key bounds memory to one entry per key.
     """
@@ -148,7 +196,7 @@ class IndexShard:
         self.index, self.count = index, count
         self.buckets: dict[int, str] = {}
         self.exact: dict[int, str] = {}
-        self.signatures: dict[str, bytes] = {}
+        self.shingles: dict[str, bytes] = {}
 
     def candidates(self, band_keys: np.ndarray, exact_keys: np.ndarray) -> list[tuple[str | None, set[str]]]:
         """Per record: the id committed with its exact key (if this shard owns that key), and the
@@ -160,21 +208,21 @@ class IndexShard:
             for exact_key, keys in zip(exact_keys.tolist(), band_keys.tolist(), strict=True)
         ]
 
-    def signatures_of(self, ids: list[str]) -> list[bytes]:
-        return [self.signatures[record_id] for record_id in ids]
+    def shingles_of(self, ids: list[str]) -> list[bytes]:
+        return [self.shingles[record_id] for record_id in ids]
 
     def insert(self, ids: list[str], band_keys: np.ndarray, exact_keys: np.ndarray,
-               signatures: dict[str, bytes]) -> None:
-        """Add committed records: their buckets, the exact keys this shard owns, ``signatures``."""
+               shingles: dict[str, bytes]) -> None:
+        """Add committed records: their buckets, the exact keys this shard owns, ``shingles``."""
         for record_id, keys, exact_key in zip(ids, band_keys.tolist(), exact_keys.tolist(), strict=True):
             for key in keys:
                 self.buckets.setdefault(key, record_id)
             if exact_key % self.count == self.index:
                 self.exact.setdefault(exact_key, record_id)
-        self.signatures.update(signatures)
+        self.shingles.update(shingles)
 
     def size(self) -> dict[str, int]:
-        return {"buckets": len(self.buckets), "exact": len(self.exact), "signatures": len(self.signatures)}
+        return {"buckets": len(self.buckets), "exact": len(self.exact), "shingle_sets": len(self.shingles)}
 
 
 # ---------------------------------------------------------------- the filter
@@ -203,10 +251,11 @@ class Dedup(Filter):
         if not records:
             return []
         signatures = compute_signatures(self.config, [text_of(record, self.config.text) for record in records])
-        for record, exact_key, values in zip(records, signatures.exact_keys.tolist(), signatures.hashvalues):
-            record["minhash"] = pack_signature(self._fingerprint, exact_key, values)
+        for record, exact_key, values, shingles in zip(records, signatures.exact_keys.tolist(), signatures.hashvalues,
+                                                       signatures.shingles):
+            record["minhash"] = pack_signature(self._fingerprint, exact_key, values, shingles)
         exact_hits, candidates = self._lookup(signatures)
-        known = self._fetch_signatures(set().union(*candidates))
+        known = self._fetch_shingles(set().union(*candidates))
 
         verdicts: list[Verdict] = []
         kept: list[int] = []
@@ -222,9 +271,9 @@ class Dedup(Filter):
                 verdicts.append(Drop("exact_duplicate", {"duplicate_of": earlier, "similarity": 1.0}))
                 continue
             batch_mates = {buckets_in_batch[key] for key in band_keys if key in buckets_in_batch}
-            mates = {records[j]["id"]: signatures.hashvalues[j] for j in batch_mates}
+            mates = {records[j]["id"]: signatures.shingles[j] for j in batch_mates}
             mates.update((record_id, known[record_id]) for record_id in candidates[i])
-            verdict = self._near_duplicate(signatures.hashvalues[i], mates)
+            verdict = self._near_duplicate(signatures.shingles[i], mates)
             verdicts.append(verdict)
             if verdict is None:
                 kept.append(i)
@@ -234,16 +283,15 @@ class Dedup(Filter):
         self._insert([records[i]["id"] for i in kept], signatures.take(kept))
         return verdicts
 
-    def _near_duplicate(self, values: np.ndarray, mates: dict[str, np.ndarray]) -> Verdict:
-        """Drop if the most similar earlier record is at least ``threshold`` similar."""
+    def _near_duplicate(self, shingles: np.ndarray, mates: dict[str, np.ndarray]) -> Verdict:
+        """Drop if the most similar candidate's exact Jaccard reaches ``threshold``."""
         if not mates:
             return None
-        ids = list(mates)
-        similarities = (np.stack([mates[record_id] for record_id in ids]) == values).mean(axis=1)
-        best = int(similarities.argmax())
-        if similarities[best] < self.config.threshold:
+        best_id, best = max(((record_id, jaccard(shingles, other)) for record_id, other in mates.items()),
+                            key=lambda pair: pair[1])
+        if best < self.config.threshold:
             return None
-        return Drop("near_duplicate", {"duplicate_of": ids[best], "similarity": round(float(similarities[best]), 4)})
+        return Drop("near_duplicate", {"duplicate_of": best_id, "similarity": round(best, 4)})
 
     def observe_committed(self, records: list[Record]) -> None:
         """Index records an earlier run (or an interrupted one) kept; rejected ones are ignored."""
@@ -282,23 +330,26 @@ class Dedup(Filter):
         made with these settings, hashed from their text otherwise."""
         exact_keys = np.zeros(len(records), dtype=np.uint64)
         hashvalues = np.zeros((len(records), self.config.num_perm), dtype=np.uint32)
+        shingles: list[np.ndarray] = [np.empty(0, dtype=np.uint32)] * len(records)
         missing = []
         for i, record in enumerate(records):
             stored = unpack_signature(record.get("minhash"), self._fingerprint, self.config.num_perm)
             if stored is None:
                 missing.append(i)
             else:
-                exact_keys[i], hashvalues[i] = stored
+                exact_keys[i], hashvalues[i], shingles[i] = stored
         if missing:
             computed = compute_signatures(self.config, [text_of(records[i], self.config.text) for i in missing])
             exact_keys[missing], hashvalues[missing] = computed.exact_keys, computed.hashvalues
+            for i, computed_shingles in zip(missing, computed.shingles, strict=True):
+                shingles[i] = computed_shingles
         self.reloaded += len(records) - len(missing)
         self.rehashed += len(missing)
-        return Signatures.of(exact_keys, hashvalues, self.config.bands)
+        return Signatures.of(exact_keys, hashvalues, shingles, self.config.bands)
 
     # -- the index
 
-    def _signature_shard(self, record_id: str) -> int:
+    def _owner_shard(self, record_id: str) -> int:
         return xxhash.xxh32_intdigest(record_id.encode("utf-8")) % len(self._shards)
 
     def _lookup(self, signatures: Signatures) -> tuple[list[str | None], list[set[str]]]:
@@ -317,13 +368,13 @@ class Dedup(Filter):
                 candidates[i] |= ids
         return exact_hits, candidates
 
-    def _fetch_signatures(self, ids: set[str]) -> dict[str, np.ndarray]:
+    def _fetch_shingles(self, ids: set[str]) -> dict[str, np.ndarray]:
         import ray
 
         wanted: list[list[str]] = [[] for _ in self._shards]
         for record_id in ids:
-            wanted[self._signature_shard(record_id)].append(record_id)
-        answers = ray.get([shard.signatures_of.remote(w) for shard, w in zip(self._shards, wanted)])
+            wanted[self._owner_shard(record_id)].append(record_id)
+        answers = ray.get([shard.shingles_of.remote(w) for shard, w in zip(self._shards, wanted)])
         return {
             record_id: np.frombuffer(blob, dtype=np.uint32)
             for shard_ids, blobs in zip(wanted, answers)
@@ -336,8 +387,8 @@ class Dedup(Filter):
         if not ids:
             return
         owned: list[dict[str, bytes]] = [{} for _ in self._shards]
-        for record_id, values in zip(ids, signatures.hashvalues):
-            owned[self._signature_shard(record_id)][record_id] = values.tobytes()
+        for record_id, shingles in zip(ids, signatures.shingles):
+            owned[self._owner_shard(record_id)][record_id] = shingles.tobytes()
         ray.get([
             shard.insert.remote(ids, signatures.band_keys[:, bands], signatures.exact_keys, owned[s])
             for s, (shard, bands) in enumerate(zip(self._shards, self._bands_of_shard))

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 import string
-from collections import Counter
+from itertools import repeat
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from filters.base import Drop, Filter, FilterConfig, Verdict
-from filters.text import TextField, normalized_words, text_of
+from filters.text import TextField, Words, fmix64, normalize, text_of
 from gen.records import Record, instruction_of, response_of
 
 # ---------------------------------------------------------------- Self-Instruct instruction rules
@@ -202,28 +203,83 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def _top_ngram_chars(words: list[str], n: int) -> int:
-    """Characters covered by the most frequent word n-gram (all its occurrences)."""
-    counts = Counter(zip(*(words[k:] for k in range(n))))
-    if not counts:
-        return 0
-    ngram, count = counts.most_common(1)[0]
-    return (sum(len(word) for word in ngram) + n - 1) * count
+class _Repeats:
+    """The n-grams of a batch that occur more than once in their text, by n.
+
+    An n-gram can only repeat where the (n-1)-gram at the same word repeats, so each n looks only
+    at the previous n's repeated positions: one sort over the whole batch for the smallest n, then
+    ever fewer positions.
+    """
+
+    def __init__(self, words: Words):
+        self.words = words
+        self.candidates = np.arange(len(words.starts))  # first words of n-grams that may repeat
+
+    def next(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For the next n: the first word of every repeated n-gram, in text and word order; a
+        group number shared by equal n-grams of one text; and how many times each occurs."""
+        words = self.words
+        ends = (words.first + words.counts)[words.text[self.candidates]]
+        positions = self.candidates[self.candidates + n - 1 < ends]
+        owners = words.text[positions]
+        # fmix64 is a bijection: equal keys mean the same n-gram in the same text.
+        keys = fmix64(words.span_hashes(positions, positions + n - 1) ^ owners.astype(np.uint64))
+        order = np.argsort(keys, kind="stable")  # stable: each group stays in word order
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+        counts = np.diff(np.append(starts, len(order)))
+        group_of = np.repeat(np.arange(len(starts)), counts)
+        count_of = np.repeat(counts, counts)
+        repeated = np.sort(order[count_of > 1])
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        self.candidates = positions[repeated]
+        return self.candidates, group_of[inverse[repeated]], count_of[inverse[repeated]]
 
 
-def _duplicated_ngram_chars(words: list[str], n: int) -> int:
-    """Characters in n-grams that repeat an earlier one, each word counted once (datatrove's
-    find_all_duplicate: after a repeat the scan jumps past it)."""
-    seen: set[tuple[str, ...]] = set()
-    chars = i = 0
-    while i <= len(words) - n:
-        ngram = tuple(words[i : i + n])
-        if ngram in seen:
-            chars += sum(len(word) for word in ngram)
-            i += n
+def _top_ngram_chars(words: Words, n: int, positions: np.ndarray, groups: np.ndarray,
+                     counts: np.ndarray) -> np.ndarray:
+    """Per text, the characters covered by its most frequent word n-gram (all its occurrences).
+
+    Ties go to the n-gram that occurs first (``Counter.most_common``'s order), so a text whose
+    n-grams are all distinct is scored on its first one.
+    """
+    span = words.ends[words.first + n - 1 - (words.counts < n) * (n - 1)] - words.starts[words.first]
+    chars = np.where(words.counts >= n, span, 0)
+    if len(positions):
+        # Most occurrences first, then earliest: the first row of each text is its top n-gram.
+        best = np.lexsort((positions, -counts, words.text[positions]))
+        owners = words.text[positions[best]]
+        best = best[np.concatenate(([True], owners[1:] != owners[:-1]))]
+        top = positions[best]
+        chars[words.text[top]] = (words.ends[top + n - 1] - words.starts[top]) * counts[best]
+    return chars
+
+
+def _duplicated_ngram_chars(words: Words, n: int, positions: np.ndarray, groups: np.ndarray,
+                            texts: np.ndarray) -> np.ndarray:
+    """Per text of ``texts`` (a mask; others get 0), the characters in n-grams that repeat an earlier one, each word counted once
+    (datatrove's find_all_duplicate: after a repeat the scan jumps past it).
+
+    The scan visits only the repeated n-grams: between them it would only step over n-grams it
+    never meets again.
+    """
+    chars = np.zeros(len(words.counts), dtype=np.int64)
+    wanted = texts[words.text[positions]]
+    positions, groups = positions[wanted], groups[wanted]
+    lengths = words.ends[positions + n - 1] - words.starts[positions] - (n - 1)  # words without spaces
+    owner, seen, resume = -1, set(), 0
+    for position, text, group, length in zip(positions.tolist(), words.text[positions].tolist(),
+                                             groups.tolist(), lengths.tolist(), strict=True):
+        if text != owner:
+            owner, seen, resume = text, set(), 0
+        if position < resume:
+            continue  # inside a repeat the scan jumped over
+        if group in seen:
+            chars[text] += length
+            resume = position + n
         else:
-            seen.add(ngram)
-            i += 1
+            seen.add(group)
     return chars
 
 
@@ -231,19 +287,40 @@ class GopherRepetition(Filter):
     """Gopher's repetition rules: duplicate lines and paragraphs, top and duplicated n-grams.
 
     N-gram shares are of the normalised text (lowercase, punctuation folded), so "The cat." and
-    "the cat" are one 2-gram, and the denominator is that text's length.
+    "the cat" are one 2-gram, and the denominator is that text's length. The line and paragraph
+    rules run per text; the n-gram rules run on the whole batch at once, on n-gram hashes
+    (:class:`filters.text.Words`) rather than tuples of words.
     """
 
     name = "gopher_repetition"
 
     def judge(self, records: list[Record]) -> list[Verdict]:
-        return [self._judge_one(text_of(record, self.config.text)) for record in records]
+        texts = [text_of(record, self.config.text).strip() for record in records]
+        verdicts = [self._lines_and_paragraphs(text) if text else None for text in texts]
+        judged = [i for i, (text, verdict) in enumerate(zip(texts, verdicts)) if text and verdict is None]
+        normalized = [normalize(texts[i]) for i in judged]
+        words = Words(normalized)
+        total_chars = np.array([len(text) for text in normalized], dtype=np.int64)
+        undecided = words.counts >= max(self.config.ngram_min_words, 1)
+        top, dup = self.config.top_ngram_char_frac, self.config.dup_ngram_char_frac
+        sizes = [*top, *dup]
+        walk = _Repeats(words)
+        repeats = {n: walk.next(n) for n in range(min(sizes, default=1), max(sizes, default=0) + 1)}
+        # Gopher's order: top 2, 3, 4-gram, then duplicated 5..10-gram; a text takes the first
+        # rule that fires, and later rules look only at texts still undecided.
+        rules = [(f"gopher_top_{n}gram", limit, lambda n=n: _top_ngram_chars(words, n, *repeats[n]))
+                 for n, limit in sorted(top.items())]
+        rules += [(f"gopher_dup_{n}gram", limit, lambda n=n: _duplicated_ngram_chars(words, n, *repeats[n][:2], undecided))
+                  for n, limit in sorted(dup.items())]
+        for reason, limit, chars in rules:
+            share = chars() / np.maximum(total_chars, 1)
+            for t in np.flatnonzero(undecided & (share > limit)).tolist():
+                verdicts[judged[t]] = Drop(reason, {"value": round(float(share[t]), 3)})
+                undecided[t] = False
+        return verdicts
 
-    def _judge_one(self, text: str) -> Verdict:
+    def _lines_and_paragraphs(self, text: str) -> Verdict:
         config = self.config
-        text = text.strip()
-        if not text:
-            return None
         paragraphs = _PARAGRAPHS.split(text)
         dup_paras, dup_para_chars = _duplicates(paragraphs)
         if dup_paras / len(paragraphs) > config.dup_para_frac:
@@ -256,23 +333,6 @@ class GopherRepetition(Filter):
             return Drop("gopher_dup_line_frac", {"value": round(dup_lines / len(lines), 3)})
         if dup_line_chars / len(text) > config.dup_line_char_frac:
             return Drop("gopher_dup_line_char_frac", {"value": round(dup_line_chars / len(text), 3)})
-
-        words = normalized_words(text)
-        if len(words) < config.ngram_min_words:
-            return None
-        n_chars = sum(len(word) for word in words) + len(words) - 1
-        for n, limit in sorted(config.top_ngram_char_frac.items()):
-            share = _top_ngram_chars(words, n) / n_chars
-            if share > limit:
-                return Drop(f"gopher_top_{n}gram", {"value": round(share, 3)})
-        # Fast exit: if no n-gram of the shortest n repeats, no longer one can: all shares are 0.
-        shortest = min(config.dup_ngram_char_frac, default=len(words) + 1)
-        if len(set(zip(*(words[k:] for k in range(shortest))))) == len(words) - shortest + 1:
-            return None
-        for n, limit in sorted(config.dup_ngram_char_frac.items()):
-            share = _duplicated_ngram_chars(words, n) / n_chars
-            if share > limit:
-                return Drop(f"gopher_dup_{n}gram", {"value": round(share, 3)})
         return None
 
 
@@ -296,6 +356,9 @@ class GopherQualityConfig(FilterConfig):
     max_ellipsis_ratio: float = 0.10
 
 
+_ASCII_LETTERS_AND_SPACE = {c: None for c in range(128) if not (chr(c).isalpha() or chr(c).isspace())}
+
+
 class GopherQuality(Filter):
     """The Gopher quality ratios that mean something on short texts; words are whitespace tokens."""
 
@@ -309,11 +372,15 @@ class GopherQuality(Filter):
         tokens = text.split()
         if len(tokens) < config.min_words:
             return None
-        words = [stripped for token in tokens if (stripped := token.strip(string.punctuation))]
-        mean_length = sum(len(word) for word in words) / len(words) if words else 0.0
+        words = list(map(str.strip, tokens, repeat(string.punctuation)))
+        n_words = len(words) - words.count("")
+        mean_length = sum(map(len, words)) / n_words if n_words else 0.0
         if not config.min_mean_word_length <= mean_length <= config.max_mean_word_length:
             return Drop("gopher_mean_word_length", {"value": round(mean_length, 2)})
-        alpha_frac = sum(any(ch.isalpha() for ch in token) for token in tokens) / len(tokens)
+        if text.isascii():  # deleting everything but letters and whitespace leaves the tokens with a letter
+            alpha_frac = len(text.translate(_ASCII_LETTERS_AND_SPACE).split()) / len(tokens)
+        else:
+            alpha_frac = sum(any(map(str.isalpha, token)) for token in tokens) / len(tokens)
         if alpha_frac < config.min_alpha_word_frac:
             return Drop("gopher_alpha_words", {"value": round(alpha_frac, 3)})
         hash_ratio = text.count("#") / len(tokens)

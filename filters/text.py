@@ -56,11 +56,6 @@ def normalize(text: str) -> str:
     return _NOT_WORD.sub(" ", text.lower()).strip()
 
 
-def normalized_words(text: str) -> list[str]:
-    """The words of :func:`normalize`."""
-    return normalize(text).split()
-
-
 PRIME = np.uint64(0x100000001B3)  # odd, so invertible modulo 2**64
 _PRIME_INVERSE = np.uint64(pow(int(PRIME), -1, 1 << 64))
 _powers = np.ones(1, dtype=np.uint64)
@@ -86,42 +81,63 @@ def fmix64(values: np.ndarray) -> np.ndarray:
     return values ^ (values >> np.uint64(33))
 
 
-def shingle_hashes(normalized: list[bytes], n: int) -> tuple[np.ndarray, list[int]]:
+class Words:
+    """The words of a batch of normalised texts, located in one array of their code points.
+
+    Words are the runs between single spaces (:func:`normalize` leaves no other separator). Any
+    span of a text hashes to a 64-bit polynomial hash of its code points, read off one prefix sum
+    over the whole batch and then mixed: equal spans hash equally wherever they are, and no
+    substring is ever built (building n-gram strings in Python costs more than what they feed).
+    Offsets count characters, not UTF-8 bytes, so lengths agree with ``len()``.
+    """
+
+    def __init__(self, normalized: list[str]):
+        joined = " ".join(normalized)
+        if joined.isascii():
+            codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+        else:
+            codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        codes = codes.astype(np.uint64)
+        powers, self._inverse_powers = _power_tables(len(codes) + 1)
+        self._prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
+        np.cumsum(codes * powers[: len(codes)], out=self._prefix[1:])
+
+        spaces = np.flatnonzero(codes == ord(" "))
+        starts = np.concatenate(([0], spaces + 1))
+        ends = np.concatenate((spaces, [len(codes)]))
+        text_starts = np.cumsum([0] + [len(text) + 1 for text in normalized[:-1]])
+        text = np.searchsorted(text_starts, starts, side="right") - 1
+        real = ends > starts  # an empty text leaves one empty "word"
+        self.starts, self.ends, self.text = starts[real], ends[real], text[real]
+        self.counts = np.bincount(self.text, minlength=len(normalized))  # words per text
+        self.first = np.cumsum(self.counts) - self.counts  # index of each text's first word
+
+    def span_hashes(self, first_words: np.ndarray, last_words: np.ndarray) -> np.ndarray:
+        """Hashes of the spans from the start of word ``first_words[i]`` to the end of ``last_words[i]``."""
+        starts, ends = self.starts[first_words], self.ends[last_words]
+        return fmix64((self._prefix[ends] - self._prefix[starts]) * self._inverse_powers[starts])
+
+    def ngrams(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hashes of every word n-gram that fits in its text, and the index of its first word.
+
+        A text's n-grams are consecutive and in word order; a text of fewer than ``n`` words has none.
+        """
+        first_words = np.flatnonzero(np.arange(len(self.starts)) + n - 1 < (self.first + self.counts)[self.text])
+        return self.span_hashes(first_words, first_words + n - 1), first_words
+
+
+def shingle_hashes(normalized: list[str], n: int) -> tuple[np.ndarray, list[int]]:
     """64-bit hashes of the word n-grams of each normalised text, computed for the batch at once.
 
     Returns the hashes of all texts, in order (text ``i``'s n-grams, in word order, are
     ``hashes[bounds[i]:bounds[i + 1]]``), and the bounds. A text of fewer than ``n`` words is one
     shingle (all its words), so short texts still match; an empty text has none.
-
-    Each hash is a polynomial hash of the n-gram's bytes modulo 2**64, read off one prefix sum over
-    the whole batch, then mixed: equal n-grams hash equally wherever they are, and no n-gram
-    string is built (building them in Python costs more than the MinHash itself).
     """
-    joined = b" ".join(normalized)
-    codes = np.frombuffer(joined, dtype=np.uint8).astype(np.uint64)
-    powers, inverse_powers = _power_tables(len(codes) + 1)
-    prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
-    np.cumsum(codes * powers[: len(codes)], out=prefix[1:])
-
-    # Words are the runs between single spaces (normalize() leaves no other separator).
-    spaces = np.flatnonzero(codes == ord(" "))
-    word_starts = np.concatenate(([0], spaces + 1))
-    word_ends = np.concatenate((spaces, [len(codes)]))
-    text_starts = np.cumsum([0] + [len(text) + 1 for text in normalized[:-1]])
-    text_of_word = np.searchsorted(text_starts, word_starts, side="right") - 1
-    real = word_ends > word_starts  # an empty text leaves one empty "word"
-    word_starts, word_ends, text_of_word = word_starts[real], word_ends[real], text_of_word[real]
-
-    words_per_text = np.bincount(text_of_word, minlength=len(normalized))
-    first_word = np.cumsum(words_per_text) - words_per_text
-    last = np.arange(len(word_starts)) + n - 1
-    full = np.flatnonzero(last < (first_word + words_per_text)[text_of_word])
-    short = np.flatnonzero((words_per_text > 0) & (words_per_text < n))
-    starts = np.concatenate((word_starts[full], word_starts[first_word[short]]))
-    ends = np.concatenate((word_ends[full + n - 1], word_ends[first_word[short] + words_per_text[short] - 1]))
-    owners = np.concatenate((text_of_word[full], short))
-
-    hashes = fmix64((prefix[ends] - prefix[starts]) * inverse_powers[starts])
+    words = Words(normalized)
+    hashes, first_words = words.ngrams(n)
+    short = np.flatnonzero((words.counts > 0) & (words.counts < n))
+    hashes = np.concatenate((hashes, words.span_hashes(words.first[short], words.first[short] + words.counts[short] - 1)))
+    owners = np.concatenate((words.text[first_words], short))
     order = np.argsort(owners, kind="stable")
     bounds = np.searchsorted(owners[order], np.arange(len(normalized) + 1)).tolist()
     return hashes[order], bounds

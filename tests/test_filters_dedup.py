@@ -147,11 +147,11 @@ def test_resume_and_against_reload_signatures_without_rehashing(dedup, tmp_path)
 def test_shingle_hashes_match_string_ngrams():
     """Equal n-grams hash equally across texts, different ones differently, in word order."""
     texts = [" ".join(text(300 + i, words=60)) for i in range(50)] + ["one two", ""]
-    normalized = [normalize(t).encode() for t in texts]
+    normalized = [normalize(t) for t in texts]
     hashes, bounds = shingle_hashes(normalized, 5)
     by_hash: dict[int, set[tuple[str, ...]]] = {}
     for i, t in enumerate(normalized):
-        words = t.decode().split()
+        words = t.split()
         grams = [tuple(words[j : j + 5]) for j in range(len(words) - 4)] or ([tuple(words)] if words else [])
         assert bounds[i + 1] - bounds[i] == len(grams)
         for gram, value in zip(grams, hashes[bounds[i] : bounds[i + 1]].tolist(), strict=True):
