@@ -4,37 +4,37 @@ Records of realistic length: an instruction of one real P3 prompt (plus a slice 
 that not every record is an exact duplicate) and a ~150-word response of real P3 text; random words
 when ``../shared/data`` is absent. 100k records by default (``--records N``), judged in batches of
 1,000 as the run does at commit time. Per core = records / CPU seconds of the driver process (the
-filters run in the driver; the dedup index actors' own CPU is reported beside it). Also measures
-MinHash signatures alone on ~200-word texts against datasketch's default SHA-1 path.
+filters run in the driver; the dedup index actors use the other core). Also measures MinHash
+signatures alone on ~200-word texts against datasketch's SHA-1 ``bulk`` path in the same run.
+
+``--baseline REV`` also loads the ``filters`` package as it was at git revision REV, times it on
+the same records beside the current one (the machine is shared, so only same-run ratios mean
+much), and asserts that every filter but dedup (which now decides by exact Jaccard) makes the same
+keep/drop decision with the same reason on the first ``--check`` records.
 
 Writes ``benchmarks/results/filters.json``. Not a test.
-Run: ``.venv/bin/python benchmarks/bench_filters.py [--records N]``
+Run: ``.venv/bin/python benchmarks/bench_filters.py [--records N] [--baseline REV]``
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from filters import build_chain  # noqa: E402
-from filters.decontam import DecontaminationConfig  # noqa: E402
+
 from filters.dedup import DedupConfig, compute_signatures  # noqa: E402
-from filters.langid import LanguageIdConfig  # noqa: E402
-from filters.quality import (  # noqa: E402
-    GopherQualityConfig,
-    GopherRepetitionConfig,
-    InstructionRulesConfig,
-    RefusalConfig,
-    ResponseRulesConfig,
-)
 from filters.text import normalize  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -108,33 +108,107 @@ def signature_speed(texts: list[str]) -> dict:
     return {"words_per_doc": 200, "docs_per_core_s": round(ours), "datasketch_sha1_bulk_docs_per_core_s": round(sha1)}
 
 
+def load_filters(root: Path | None) -> SimpleNamespace:
+    """The ``filters`` package from ``root`` (None: this checkout).
+
+    Both versions are named ``filters``, so each is imported with the other's modules moved out of
+    ``sys.modules``; objects keep their own module's globals, so they coexist afterwards.
+    """
+    import ray
+
+    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] == "filters"}
+    sys.path.insert(0, str(root or REPO))
+    try:
+        import filters
+        import filters.decontam
+        import filters.dedup
+        import filters.langid
+        import filters.quality
+
+        package = SimpleNamespace(build_chain=filters.build_chain, decontam=filters.decontam,
+                                  dedup=filters.dedup, langid=filters.langid, quality=filters.quality)
+        # Ray would ship the index actor's class by module name, and workers would import this
+        # checkout's; by value, each version's actors run their own code.
+        ray.cloudpickle.register_pickle_by_value(filters.dedup)
+    finally:
+        sys.path.remove(str(root or REPO))
+        for name in [name for name in sys.modules if name.split(".")[0] == "filters"]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+    return package
+
+
+def checkout(revision: str, directory: Path) -> Path:
+    """``filters/`` as it was at ``revision``, extracted under ``directory``."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "filters"], check=True, capture_output=True)
+    tarfile.open(fileobj=io.BytesIO(archive.stdout)).extractall(directory, filter="data")
+    return directory
+
+
+def configs_of(package: SimpleNamespace, benchmark: dict) -> list:
+    q = package.quality
+    return [q.ResponseRulesConfig(), q.InstructionRulesConfig(), q.RefusalConfig(), q.GopherRepetitionConfig(),
+            q.GopherQualityConfig(), package.langid.LanguageIdConfig(), package.dedup.DedupConfig(),
+            package.decontam.DecontaminationConfig.model_validate({"benchmarks": [benchmark]})]
+
+
+def decisions(package: SimpleNamespace, config, records: list[dict]) -> list[str | None]:
+    """Each record's drop reason (None: kept) from ``config``'s filter alone."""
+    chain = package.build_chain([config])
+    reasons = []
+    for start in range(0, len(records), BATCH):
+        kept, dropped = chain([dict(r) for r in records[start : start + BATCH]])
+        by_id = {r["id"]: r["_drop"]["reason"] for r in dropped}
+        reasons += [by_id.get(r["id"]) for r in records[start : start + BATCH]]
+    chain.close()
+    return reasons
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=100_000)
-    count = parser.parse_args().records
+    parser.add_argument("--baseline", help="git revision to time and check decisions against")
+    parser.add_argument("--check", type=int, default=20_000, help="records whose decisions must match the baseline")
+    args = parser.parse_args()
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     texts = source_texts()
-    records = make_records(count, texts)
-    results: dict = {"records": count, "batch": BATCH, "text_source": "p3_sample" if (SHARED / "p3_sample").exists() else "random"}
+    records = make_records(args.records, texts)
+    results: dict = {"records": args.records, "batch": BATCH,
+                     "text_source": "p3_sample" if (SHARED / "p3_sample").exists() else "random"}
     results["minhash_signatures"] = signature_speed(texts)
     print("signatures:", results["minhash_signatures"])
     with tempfile.TemporaryDirectory() as tmp:
-        decontamination = DecontaminationConfig.model_validate({"benchmarks": [json.loads(benchmark_file(Path(tmp), texts))]})
-        configs = [ResponseRulesConfig(), InstructionRulesConfig(), RefusalConfig(), GopherRepetitionConfig(),
-                   GopherQualityConfig(), LanguageIdConfig(), DedupConfig(), decontamination]
+        benchmark = json.loads(benchmark_file(Path(tmp), texts))
+        versions = {"current": load_filters(None)}
+        if args.baseline:
+            versions["baseline"] = load_filters(checkout(args.baseline, Path(tmp) / "baseline"))
+            results["baseline"] = args.baseline
+        configs = {name: configs_of(package, benchmark) for name, package in versions.items()}
+        if args.baseline:
+            sample = records[: args.check]
+            for current, before in zip(configs["current"], configs["baseline"], strict=True):
+                if current.type != "dedup":
+                    same = decisions(versions["current"], current, sample) == decisions(versions["baseline"], before, sample)
+                    assert same, f"{current.type}: decisions differ from {args.baseline}"
+            results["decisions_identical_to_baseline"] = {"records": len(sample), "filters": "all but dedup"}
+            print(f"decisions identical to {args.baseline} on {len(sample)} records (all filters but dedup)")
         results["per_filter"] = {}
-        for config in configs:
-            chain = build_chain([config])
-            results["per_filter"][config.type] = timed(chain, records)
+        for position, config in enumerate(configs["current"]):
+            row = results["per_filter"][config.type] = {}
+            for name, package in versions.items():  # interleaved, so both see the same load
+                chain = package.build_chain([configs[name][position]])
+                row[name] = timed(chain, records)
+                chain.close()
+            print(config.type, row)
+        results["chain"] = {}
+        for name, package in versions.items():
+            chain = package.build_chain(configs[name])
+            results["chain"][name] = timed(chain, records)
+            results["chain"][name]["stats"] = chain.stats()
             chain.close()
-            print(config.type, results["per_filter"][config.type])
-        chain = build_chain(configs)
-        results["chain"] = timed(chain, records)
-        results["chain"]["stats"] = chain.stats()
-        chain.close()
-    print("chain:", {k: v for k, v in results["chain"].items() if k != "stats"})
+            print("chain", name, {k: v for k, v in results["chain"][name].items() if k != "stats"})
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "filters.json").write_text(json.dumps(results, indent=2))
     ray.shutdown()

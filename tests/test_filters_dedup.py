@@ -12,7 +12,8 @@ import pytest
 from pydantic import TypeAdapter
 
 from filters import FilterSpec, build_chain
-from filters.dedup import Dedup, DedupConfig, compute_signatures
+from filters.dedup import MAX_SHINGLES, Dedup, DedupConfig, compute_signatures
+from filters.dedup import jaccard as set_jaccard
 from filters.text import normalize, shingle_hashes
 from gen.records import instruction_of, to_table
 
@@ -158,6 +159,32 @@ def test_shingle_hashes_match_string_ngrams():
             by_hash.setdefault(value, set()).add(gram)
     assert all(len(grams) == 1 for grams in by_hash.values())
     assert len({g for grams in by_hash.values() for g in grams}) == len(by_hash)
+
+
+def test_exact_jaccard_decides_at_the_threshold(dedup):
+    """100 distinct words have 96 5-grams; appending m new words adds m shingles and removes none,
+    so the pair's exact Jaccard is 96 / (96 + m): 41 words is 0.7007 (dropped), 42 is 0.6957 (kept),
+    far inside the 128-permutation estimate's error (0.04), which no longer decides."""
+    base = [f"base{i}" for i in range(100)]
+    extra = [f"extra{i}" for i in range(42)]
+    above, below = dedup(), dedup()
+    kept, dropped = above([record("base", " ".join(base)), record("above", " ".join(base + extra[:41]))])
+    assert [r["id"] for r in kept] == ["base"]
+    assert dropped[0]["_drop"]["evidence"] == {"duplicate_of": "base", "similarity": round(96 / 137, 4)}
+    kept, dropped = below([record("base", " ".join(base)), record("below", " ".join(base + extra))])
+    assert [r["id"] for r in kept] == ["base", "below"] and not dropped
+
+
+def test_jaccard_of_cut_shingle_sets_compares_the_range_both_cover():
+    """Sets longer than MAX_SHINGLES keep their smallest hashes; below the smaller cut-off both are
+    complete, so their Jaccard there is a sample of the union's shingles (exact for short sets)."""
+    rng = np.random.default_rng(0)
+    universe = rng.choice(1 << 32, size=12_000, replace=False).astype(np.uint32)
+    a, b = np.sort(universe[:8000]), np.sort(universe[2000:10_000])  # true Jaccard 6000 / 10000
+    estimate = set_jaccard(a[:MAX_SHINGLES], b[:MAX_SHINGLES])
+    assert abs(estimate - 0.6) < 0.04  # 3.5 standard errors of a 2,048-shingle sample
+    short_a, short_b = np.sort(universe[:300]), np.sort(universe[100:400])
+    assert set_jaccard(short_a, short_b) == 200 / 400
 
 
 def test_signature_estimates_track_exact_jaccard():

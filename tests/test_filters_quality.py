@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 
 from filters.quality import (
@@ -16,6 +19,7 @@ from filters.quality import (
     ResponseRules,
     ResponseRulesConfig,
 )
+from filters.text import normalize
 
 
 def record(instruction: str, response: str = "", **columns) -> dict:
@@ -148,6 +152,54 @@ def test_repetition_defaults_keep_short_and_normal_answers():
         assert verdict_of(rules, record("q", answer)) is None
     spam = "Buy now! " * 30
     assert verdict_of(rules, record("q", spam)) == "gopher_top_2gram"
+
+
+def reference_ngram_verdict(text: str, config: GopherRepetitionConfig) -> tuple[str, float] | None:
+    """Gopher's n-gram rules written plainly, on tuples of words (the first implementation): the
+    batched, hashed one must decide exactly like it."""
+    words = normalize(text).split()
+    if len(words) < max(config.ngram_min_words, 1):
+        return None
+    n_chars = sum(len(word) for word in words) + len(words) - 1
+    for n, limit in sorted(config.top_ngram_char_frac.items()):
+        counts = Counter(zip(*(words[k:] for k in range(n))))
+        if counts:
+            ngram, count = counts.most_common(1)[0]
+            if (share := (sum(len(word) for word in ngram) + n - 1) * count / n_chars) > limit:
+                return f"gopher_top_{n}gram", round(share, 3)
+    for n, limit in sorted(config.dup_ngram_char_frac.items()):
+        seen, chars, i = set(), 0, 0
+        while i <= len(words) - n:
+            ngram = tuple(words[i : i + n])
+            if ngram in seen:
+                chars += sum(len(word) for word in ngram)
+                i += n
+            else:
+                seen.add(ngram)
+                i += 1
+        if (share := chars / n_chars) > limit:
+            return f"gopher_dup_{n}gram", round(share, 3)
+    return None
+
+
+@pytest.mark.parametrize("ngram_min_words", [0, 50])
+def test_batched_ngram_rules_decide_like_the_plain_ones(ngram_min_words):
+    """Repetitive random texts (a few words, short repeated phrases, non-ASCII) in one batch."""
+    rng = random.Random(ngram_min_words)
+    vocabulary = ["the", "cat", "sat", "on", "a", "mat", "très", "naïve", "x"]
+    texts = []
+    for _ in range(400):
+        words = rng.choices(vocabulary[: rng.randint(3, 9)], k=rng.randint(1, 150))
+        if rng.random() < 0.5:  # splice in a repeated phrase
+            phrase = rng.choices(vocabulary, k=rng.randint(2, 12))
+            words[rng.randrange(len(words) + 1) :] = phrase * rng.randint(2, 4) + words
+        texts.append(" ".join(words))
+    config = GopherRepetitionConfig(ngram_min_words=ngram_min_words, **{
+        k: 1.0 for k in ("dup_line_frac", "dup_para_frac", "dup_line_char_frac", "dup_para_char_frac")})
+    verdicts = GopherRepetition(config).judge([record("q", text) for text in texts])
+    got = [(v.reason, v.evidence["value"]) if v else None for v in verdicts]
+    assert got == [reference_ngram_verdict(text, config) for text in texts]
+    assert sum(v is not None for v in got) > 50  # the rules were exercised
 
 
 # ---------------------------------------------------------------- Gopher quality ratios
