@@ -157,9 +157,9 @@ def index_stream(texts: list[str], threshold: float) -> tuple[list[bool], float,
     return accepted, time.perf_counter() - started, index.rouge_calls
 
 
-def growth_exponent(sizes: list[int], seconds: list[float]) -> float:
-    """Slope of log(time) over log(size) between the two largest sizes: 1 linear, 2 quadratic."""
-    return math.log(seconds[-1] / seconds[-2]) / math.log(sizes[-1] / sizes[-2])
+def growth_exponent(sizes: list[int], costs: list[float]) -> float:
+    """Slope of log(cost) over log(size) from the smallest to the largest size: 1 is linear, 2 quadratic."""
+    return math.log(costs[-1] / costs[0]) / math.log(sizes[-1] / sizes[0])
 
 
 def main() -> None:
@@ -190,7 +190,7 @@ def main() -> None:
         truth = decisions_from_close_pairs(size, close)
         lsh, lsh_seconds, lsh_rouge_calls = index_stream(stream, args.threshold)
         row = {"size": size, "accepted": sum(truth), "lsh_seconds": lsh_seconds,
-               "lsh_rouge_calls": lsh_rouge_calls}
+               "lsh_rouge_calls": lsh_rouge_calls, "exact_check_rouge_calls": bound_scored}
         if size <= args.full_pairs_max:
             literal, seconds = all_pairs_stream(tokens, args.threshold)
             if literal != truth:
@@ -212,15 +212,15 @@ def main() -> None:
               f"({row['all_pairs_timing']}, {row['all_pairs_rouge_calls']} ROUGE-L)  "
               f"speedup {row['speedup']:.0f}x", flush=True)
 
-    summary = {
-        "source": source,
-        "threshold": args.threshold,
-        "sizes": results,
-        "growth_exponent_index": growth_exponent(sizes, [r["lsh_seconds"] for r in results]),
-        "growth_exponent_all_pairs": growth_exponent(sizes, [r["all_pairs_seconds"] for r in results]),
+    growth = {
+        f"{method}_{cost}": growth_exponent(sizes, [r[f"{method}_{cost}"] for r in results])
+        for method in ("lsh", "all_pairs") for cost in ("seconds", "rouge_calls")
     }
-    print(f"time grows as n^{summary['growth_exponent_index']:.2f} (index) vs "
-          f"n^{summary['growth_exponent_all_pairs']:.2f} (all-pairs) between the two largest sizes")
+    summary = {"source": source, "threshold": args.threshold, "sizes": results, "growth_exponents": growth}
+    # Wall time on a shared 2-core machine is noisy; the ROUGE-L counts are exact and say the same.
+    print(f"growth from n={sizes[0]} to n={sizes[-1]} (cost ~ n^k): time k={growth['lsh_seconds']:.2f} "
+          f"(index) vs k={growth['all_pairs_seconds']:.2f} (all-pairs); ROUGE-L computations "
+          f"k={growth['lsh_rouge_calls']:.2f} vs k={growth['all_pairs_rouge_calls']:.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2))
     print(f"wrote {RESULTS}")

@@ -66,3 +66,20 @@ def test_malformed_templates_are_refused_when_the_spec_is_read():
         TemplateConfig(templates=[{"name": "a", "jinja": "{{ text ||| x"}])
     with pytest.raises(ValidationError, match="distinct"):
         TemplateConfig(templates=[TEMPLATES[0], TEMPLATES[0]])
+
+
+def test_the_example_spec_runs_end_to_end_and_reruns_identically(tmp_path, sdg_env):
+    import subprocess
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    repo = Path(__file__).resolve().parents[1]
+    rendered = []
+    for run in ("first", "second"):
+        out = tmp_path / run
+        subprocess.run(["sdg", "run", str(repo / "examples" / "template.yaml"), "--set", f"output.dir={out}"],
+                       check=True, env=sdg_env, capture_output=True, timeout=300)
+        rows = [row for path in sorted((out / "data").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+        rendered.append(sorted((row["id"], row["template"], str(row["messages"])) for row in rows))
+    assert len(rendered[0]) == 8 and rendered[0] == rendered[1]
