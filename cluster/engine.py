@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # the engine-wide seed. On GPU the per-request seed is passed through as given.
 _CPU_UNSUPPORTED_SAMPLING = ("seed",)
 
+REPLICA_RESTARTS = 3
+
 
 @dataclass(frozen=True, slots=True)
 class Completion:
@@ -155,7 +157,10 @@ def start_replicas(
     resources = {"num_gpus": tensor_parallel_size} if has_gpus else {"num_cpus": 1}
     # vLLM's per-step INFO lines would drown the run's own progress in the driver's output.
     env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    # A replica that dies (OOM, a crashed engine) is restarted by Ray, which reloads the model and
+    # retries the requests it held: generation requests are independent, so a retry is safe.
     actor_cls = ray.remote(**resources, max_concurrency=max(1000, 2 * max_in_flight_per_replica),
+                           max_restarts=REPLICA_RESTARTS, max_task_retries=REPLICA_RESTARTS,
                            runtime_env={"env_vars": env})(EngineReplica)
     handles = [actor_cls.remote(engine_args) for _ in range(replicas)]
     infos = ray.get([h.info.remote() for h in handles])  # raises here if an engine fails to start

@@ -127,8 +127,8 @@ class _Session:
         map_stages = self.stages[1:] if source else self.stages
         if source:
             items: AsyncIterator[Record] = source.generate(seeds, done)
-            total = getattr(source.config, "target", None)
-            already = len(done.keys)
+            # a source's work items include its rejects, so their number is not known in advance
+            total, already = None, len(done.keys)
         else:
             items = _aiter(s for s in seeds if s["work_key"] not in done.keys)
             total, already = len(seeds), len(seeds) - sum(1 for s in seeds if s["work_key"] not in done.keys)
@@ -148,7 +148,10 @@ class _Session:
             finally:
                 slots.release()
 
-        committer = asyncio.create_task(self._commit_periodically())
+        # The committer is stopped, never cancelled: a cancelled await would leave its commit
+        # thread running beside the final commit below.
+        stop = asyncio.Event()
+        committer = asyncio.create_task(self._commit_periodically(stop))
         try:
             async for item in items:
                 await slots.acquire()
@@ -158,14 +161,18 @@ class _Session:
             while running:
                 await asyncio.gather(*running)
         finally:
-            committer.cancel()
+            stop.set()
+            await committer
         await self._commit(force=True)
         progress.close()
 
-    async def _commit_periodically(self) -> None:
+    async def _commit_periodically(self, stop: asyncio.Event) -> None:
         last = time.monotonic()
-        while True:
-            await asyncio.sleep(0.2)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.2)
+            except TimeoutError:
+                pass
             interval_due = time.monotonic() - last >= self.spec.output.commit_interval_s
             if self._buffered_rows >= self.spec.output.rows_per_shard or (self._buffer and interval_due):
                 await self._commit(force=interval_due)
@@ -173,6 +180,8 @@ class _Session:
 
     async def _through(self, stages: list[Stage], item: Record) -> list[Record]:
         """All records one work item becomes: the survivors of the last stage and every drop."""
+        if is_dropped(item):  # a source stage's reject: committed as it is, not worked on
+            return [item]
         finished: list[Record] = []
         current = [item]
         for stage in stages:

@@ -114,3 +114,22 @@ def test_killed_run_resumes_with_no_duplicate_and_no_missing_record(tmp_path, en
     assert resumed["this_run"]["resumed_from_shards"] >= 3
     assert resumed["this_run"]["completion_tokens"] == (seeds - len(committed_before)) * 48
     assert clean["this_run"]["completion_tokens"] == seeds * 48
+
+
+def test_a_replica_killed_mid_run_is_restarted_and_its_requests_retried(tmp_path, engine_pool):
+    import threading
+
+    import ray
+
+    spec = load_spec(make_spec(tmp_path, 300), [f"output.dir={tmp_path / 'out'}", "filters=[]"])
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(run(spec, engine=engine_pool, progress=False)))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "out" / "_commits").glob("*.json")):
+        assert time.monotonic() < deadline and runner.is_alive()
+        time.sleep(0.05)
+    ray.kill(engine_pool.replicas[0], no_restart=False)  # as if the engine process had crashed
+    runner.join(timeout=600)
+    assert result["totals"]["records"] == 300 == result["totals"]["kept"]
+    assert result["this_run"]["completion_tokens"] == 300 * 48
