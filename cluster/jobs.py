@@ -37,6 +37,7 @@ import cluster
 import filters
 import gen
 from cluster.ray_cluster import auth_token_header
+from gen.spec import input_path_slots
 
 SHIPPED_PACKAGES = (gen, filters, cluster)
 
@@ -47,7 +48,7 @@ def submit(spec_path: Path, address: str, overrides: Sequence[str] = ()) -> str:
 
     spec_path = Path(spec_path).resolve()
     spec = load_spec(spec_path, overrides)  # a bad spec or override fails here, not on the cluster
-    files = [spec_path, *_relative_seed_files(spec_path)]
+    files = [spec_path, *_relative_input_files(spec_path)]
     root = Path(os.path.commonpath([f.parent for f in files]))
     args = ["python", "-m", "gen.cli", "run", spec_path.relative_to(root).as_posix()]
     for override in overrides:
@@ -63,13 +64,14 @@ def submit(spec_path: Path, address: str, overrides: Sequence[str] = ()) -> str:
         return submit_command(address, shlex.join(args), Path(staging))
 
 
-def _relative_seed_files(spec_path: Path) -> list[Path]:
-    """The files that ``seeds.paths`` names relative to the spec, globs expanded as the seed
-    reader expands them. Read from the spec file as written: seeds that an override names are
-    not shipped, so they must be absolute paths on the cluster."""
+def _relative_input_files(spec_path: Path) -> list[Path]:
+    """The input files (seeds, prompts, benchmarks) the spec names relative to itself, globs
+    expanded as the seed reader expands them. Read from the spec file as written: inputs that an
+    override names are not shipped, so they must be absolute paths on the cluster."""
     data = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
     files = []
-    for pattern in (data.get("seeds") or {}).get("paths") or []:
+    for holder, key in input_path_slots(data):
+        pattern = holder[key]
         if Path(pattern).is_absolute():
             continue
         path = os.path.normpath(spec_path.parent / pattern)  # "../data/x.jsonl" stays shippable

@@ -98,9 +98,12 @@ def schema():
 def submit(spec: SpecArg, address: JobsAddressOpt, set_: SetOpt = None):
     """Submit the run as a Ray job; prints the job id."""
     from cluster.jobs import submit as submit_job
+    from gen.spec import SpecError
 
-    _load(spec, set_)  # refuse a bad spec here, not on the cluster
-    typer.echo(submit_job(spec, address, set_ or []))
+    try:
+        typer.echo(submit_job(spec, address, set_ or []))
+    except SpecError as exc:  # refused here, before anything reaches the cluster
+        _fail(str(exc))
 
 
 @app.command()

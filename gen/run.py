@@ -58,13 +58,14 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
                           spec.output.compression)
     owned_engine = None
     try:
-        seeds = SeedReader(**spec.seeds.model_dump())
-        seed_records = list(seeds)
+        seeds = SeedReader(**spec.seeds.model_dump()) if spec.seeds else None
+        seed_records = list(seeds) if seeds else []
         connect(address)
         if engine is None and any(STAGES[type(c)].uses_llm for c in spec.stages):
             engine = owned_engine = start_engine(spec)
         engine_ready = time.monotonic()
-        ctx = StageContext(engine=engine, model=spec.model.name, sampling=spec.sampling)
+        ctx = StageContext(engine=engine, model=spec.model.name, sampling=spec.sampling,
+                           prompt_overrides=spec.prompts)
         stages = [build_stage(config, ctx) for config in spec.stages]
         chain = build_chain(spec.filters)
         chain.observe_committed(sink.committed.records(kinds=("data",)))
@@ -242,7 +243,7 @@ async def _aiter(items: Iterable[Record]) -> AsyncIterator[Record]:
         yield item
 
 
-def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader, session: _Session,
+def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _Session,
               started: float, engine_ready: float, finished: float) -> dict[str, Any]:
     generation_s = max(finished - engine_ready, 1e-9)
     return {
@@ -251,8 +252,8 @@ def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader, session: _Session,
         "versions": _versions(),
         "shards": sink.shards(),
         "totals": sink.totals(),
-        "seeds": {"skipped": seeds.skipped,
-                  "problems": [{"where": p.where, "what": p.what} for p in seeds.problems]},
+        "seeds": {"skipped": seeds.skipped if seeds else 0,
+                  "problems": [{"where": p.where, "what": p.what} for p in seeds.problems] if seeds else []},
         "this_run": {
             "wall_s": round(finished - started, 3),
             "engine_start_s": round(engine_ready - started, 3),

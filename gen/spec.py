@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from filters import FilterSpec
 from gen.sampling import Sampling
-from gen.stages import StageSpec
+from gen.prompts import PROMPTS_DIR
+from gen.stages import STAGES, StageSpec
 from gen.tiny_model import TINY_MODEL_NAME
 
 
@@ -67,13 +68,35 @@ class OutputSpec(_Section):
 
 
 class Spec(_Section):
-    seeds: SeedsSpec
+    seeds: SeedsSpec | None = None
+    """Required unless the first stage makes its own work items from nothing (``magpie``)."""
     model: ModelSpec = ModelSpec()
     sampling: Sampling = Sampling()
     stages: list[StageSpec] = []
     """Empty: the seeds themselves go through the filters (what ``sdg filter`` does)."""
     filters: list[FilterSpec] = []
+    prompts: dict[str, str] = {}
+    """Prompt template overrides: name (a file of ``gen/prompts/`` without ``.j2``) -> a Jinja
+    file, relative to the spec file."""
     output: OutputSpec
+
+    @model_validator(mode="after")
+    def _seeds_when_needed(self) -> Spec:
+        if self.seeds is None and (not self.stages or STAGES[type(self.stages[0])].needs_seeds):
+            raise ValueError("seeds: required (only a first stage like magpie makes work from nothing)")
+        return self
+
+    @field_validator("prompts")
+    @classmethod
+    def _known_prompts(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(name for name in value if not (PROMPTS_DIR / f"{name}.j2").exists())
+        if unknown:
+            known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.j2")))
+            raise ValueError(f"no shipped prompt named {', '.join(unknown)} (known: {known})")
+        for name, path in value.items():
+            if not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path}")
+        return value
 
     def identity(self) -> dict[str, Any]:
         """What decides the records of a run: two runs into one output dir must agree on it."""
@@ -131,12 +154,26 @@ def _list_index(part: str, override: str) -> int:
     return int(part)
 
 
-def _resolve_paths(data: dict, base: Path) -> None:
-    """Seed paths are relative to the spec file, so a spec runs from any working directory."""
+def input_path_slots(data: dict) -> list[tuple[dict | list, str | int]]:
+    """Where a raw spec names input files (seeds, prompt overrides, decontamination benchmarks),
+    as (container, key) pairs. These are relative to the spec file; outputs are not."""
+    slots: list[tuple[dict | list, str | int]] = []
     seeds = data.get("seeds")
     if isinstance(seeds, dict) and isinstance(seeds.get("paths"), list):
-        seeds["paths"] = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p
-                          for p in seeds["paths"]]
+        slots += [(seeds["paths"], i) for i in range(len(seeds["paths"]))]
+    if isinstance(data.get("prompts"), dict):
+        slots += [(data["prompts"], name) for name in data["prompts"]]
+    for f in data.get("filters") or []:
+        if isinstance(f, dict) and isinstance(f.get("benchmarks"), list):
+            slots += [(b, "path") for b in f["benchmarks"] if isinstance(b, dict) and "path" in b]
+    return [(holder, key) for holder, key in slots if isinstance(holder[key], str)]
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Input paths are relative to the spec file, so a spec runs from any directory."""
+    for holder, key in input_path_slots(data):
+        if not Path(holder[key]).is_absolute():
+            holder[key] = str(base / holder[key])
 
 
 def _describe(exc: ValidationError, path: Path, text: str) -> str:

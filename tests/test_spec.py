@@ -86,3 +86,21 @@ def test_cli_validate_reports_errors_without_a_traceback(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "gen.cli", "validate", str(write(tmp_path, GOOD))],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "ok (1 stage(s), 0 filter(s))" in ok.stdout
+
+
+def test_prompt_overrides_resolve_against_the_spec_file_and_must_exist(tmp_path):
+    (tmp_path / "mine.j2").write_text("Answer: {{ instruction }}")
+    spec = load_spec(write(tmp_path, GOOD + "prompts:\n  evol_in_breadth: mine.j2\n"))
+    assert spec.prompts == {"evol_in_breadth": str(tmp_path / "mine.j2")}
+    with pytest.raises(SpecError, match="prompts: Value error, no shipped prompt named nope"):
+        load_spec(write(tmp_path, GOOD + "prompts:\n  nope: mine.j2\n"))
+    with pytest.raises(SpecError, match="evol_in_breadth: no such file"):
+        load_spec(write(tmp_path, GOOD + "prompts:\n  evol_in_breadth: missing.j2\n"))
+
+
+def test_seeds_are_required_unless_the_first_stage_makes_its_own_work(tmp_path):
+    no_seeds = GOOD.replace("seeds:\n  paths: [seeds.jsonl]\n", "")
+    with pytest.raises(SpecError, match="seeds: required"):
+        load_spec(write(tmp_path, no_seeds))
+    spec = load_spec(write(tmp_path, no_seeds.replace("  - type: respond", "  - type: magpie\n    target: 3")))
+    assert spec.seeds is None

@@ -54,6 +54,7 @@ class StageContext:
 class Stage(ABC):
     name: ClassVar[str]
     uses_llm: ClassVar[bool] = True
+    needs_seeds: ClassVar[bool] = True  # as the first stage: whether the spec must name seeds
 
     def __init__(self, config: StageConfig, ctx: StageContext):
         self.config = config

@@ -48,6 +48,7 @@ class MagpieRefused(ValueError):
 
 
 class Magpie(SourceStage):
+    needs_seeds = False  # the model writes the instructions from nothing but the template
     name = "magpie"
 
     def __init__(self, config: MagpieConfig, ctx: StageContext):
