@@ -47,9 +47,14 @@ class EngineReplica:
     def __init__(self, engine_args: dict[str, Any]):
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args))
+        # An offline batch workload: vLLM's LLM-class defaults (larger max_num_seqs and
+        # max_num_batched_tokens than its server defaults; no periodic stats) fit it, as they
+        # fit the bare LLM.generate sdg is measured against.
+        args = AsyncEngineArgs(**{"disable_log_stats": True, **engine_args})
+        self.engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
         self.on_cpu = current_platform.is_cpu()
@@ -58,6 +63,7 @@ class EngineReplica:
         return {
             "max_model_len": self.max_model_len,
             "user_turn_prefix": self._user_turn_prefix(),
+            "chat_template": getattr(self.tokenizer, "chat_template", None),
             "on_cpu": self.on_cpu,
         }
 
@@ -120,6 +126,7 @@ class EnginePool:
         self.info = info
         self.max_model_len: int = info["max_model_len"]
         self.user_turn_prefix: str | None = info["user_turn_prefix"]
+        self.chat_template: str | None = info["chat_template"]  # the model's, from its tokenizer
         self.capacity = max_in_flight_per_replica * len(replicas)
         self._in_flight = [0] * len(replicas)
         self._slots = asyncio.Semaphore(self.capacity)

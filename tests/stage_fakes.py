@@ -23,6 +23,7 @@ class ScriptedEngine:
         self.user_turn_prefix = user_turn_prefix
         self.capacity = capacity
         self.max_model_len = 2048
+        self.chat_template = None
         self.prompts: list[object] = []
 
     async def complete(self, prompt: str, sampling: dict) -> list[Completion]:

@@ -69,6 +69,7 @@ def test_run_writes_shards_and_manifest_and_loses_nothing(tmp_path, engine_pool)
     row = table.to_pylist()[0]
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
     assert row["model"] == "sdg/tiny-random-chat" and row["method"] == "seed>respond"
+    assert row["template"] == "chat_template" and len(row["template_hash"]) == 16
     assert row["completion_tokens"] == 48 and row["finish_reason"] == "length"
     assert row["minhash"]  # the signature travels with the output for later runs' dedup
     files = {s["path"]: s for s in manifest["shards"]}

@@ -6,8 +6,10 @@ becomes the assistant turn. Works after any stage that leaves a user turn last.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Literal
 
+from gen.prompts import PromptTemplate
 from gen.records import Record, drop
 from gen.stages.base import Stage, StageConfig
 
@@ -20,6 +22,12 @@ class RespondConfig(StageConfig):
 
 class Respond(Stage):
     name = "respond"
+
+    @cached_property
+    def template(self) -> PromptTemplate | None:
+        """The model's own chat template is this stage's prompt: its hash goes in the lineage."""
+        source = self.ctx.engine.chat_template
+        return PromptTemplate.from_text("chat_template", source) if source else None
 
     async def process(self, record: Record) -> list[Record]:
         conversation = list(record["messages"])
@@ -34,7 +42,8 @@ class Respond(Stage):
         out = []
         for index, completion in enumerate(completions):
             answered = conversation + [{"role": "assistant", "content": completion.text}]
-            derived = self.derive(record, answered, index=index, completion=completion)
+            derived = self.derive(record, answered, index=index, completion=completion,
+                                  template=self.template)
             if completion.finish_reason in ("prompt_too_long", "error"):
                 drop(derived, self.name, completion.finish_reason, detail=completion.error)
             out.append(derived)
