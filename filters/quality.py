@@ -20,6 +20,34 @@ from filters.base import Drop, Filter, FilterConfig, Verdict
 from filters.text import TextField, Words, fmix64, normalize, text_of
 from gen.records import Record, instruction_of, response_of
 
+
+class _Phrases:
+    """Whole-word phrases found by a regex, with a substring pre-check.
+
+    The regex starts with ``\\b``, so ``re`` tries it at every position (~25-30 us on a
+    1,000-character text); ``in`` on each literal costs a few us in all, and a text holding none
+    of the phrases cannot match. With ``ignore_case`` the pre-check compares lowercased text, which
+    equals ``re.IGNORECASE`` only when text and phrases are ASCII; other texts go straight to the
+    regex, so every match is the regex's own.
+    """
+
+    def __init__(self, phrases: list[str], pattern: str, ignore_case: bool):
+        self._literals = [phrase.lower() if ignore_case else phrase for phrase in phrases]
+        self._regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+        self._ignore_case = ignore_case
+        self._ascii = all(phrase.isascii() for phrase in phrases)
+
+    def search(self, text: str) -> re.Match[str] | None:
+        if self._ignore_case:
+            if not (self._ascii and text.isascii()):
+                return self._regex.search(text)
+            haystack = text.lower()
+        else:
+            haystack = text
+        if any(literal in haystack for literal in self._literals):
+            return self._regex.search(text)
+        return None
+
 # ---------------------------------------------------------------- Self-Instruct instruction rules
 
 
@@ -48,7 +76,7 @@ class InstructionRules(Filter):
     def __init__(self, config: InstructionRulesConfig):
         super().__init__(config)
         words = "|".join(re.escape(word) for word in config.blacklist)
-        self._blacklisted = re.compile(rf"\b(?:{words})\b", re.IGNORECASE) if words else None
+        self._blacklisted = _Phrases(config.blacklist, rf"\b(?:{words})\b", ignore_case=True) if words else None
 
     def judge(self, records: list[Record]) -> list[Verdict]:
         return [self._judge_one(instruction_of(record).strip()) for record in records]
@@ -138,10 +166,10 @@ class RefusalConfig(FilterConfig):
     refusal_max_words: int = 80
 
 
-def _phrase_pattern(phrases: list[str]) -> re.Pattern[str] | None:
+def _phrase_pattern(phrases: list[str]) -> _Phrases | None:
     if not phrases:
         return None
-    return re.compile(r"\b(?:" + "|".join(re.escape(p) for p in phrases) + r")(?!\w)")
+    return _Phrases(phrases, r"\b(?:" + "|".join(re.escape(p) for p in phrases) + r")(?!\w)", ignore_case=False)
 
 
 class Refusal(Filter):
@@ -159,8 +187,8 @@ class Refusal(Filter):
         text = response.lower().replace("\u2019", "'")  # curly apostrophes: "I’m sorry"
         if self._disclaimer and (match := self._disclaimer.search(text)):
             return Drop("ai_disclaimer", {"phrase": match.group(0)})
-        if self._refusal and len(text.split()) < self.config.refusal_max_words:
-            if match := self._refusal.search(text):
+        if self._refusal and (match := self._refusal.search(text)):
+            if len(text.split()) < self.config.refusal_max_words:
                 return Drop("refusal", {"phrase": match.group(0)})
         return None
 
@@ -224,7 +252,9 @@ class _Repeats:
         owners = words.text[positions]
         # fmix64 is a bijection: equal keys mean the same n-gram in the same text.
         keys = fmix64(words.span_hashes(positions, positions + n - 1) ^ owners.astype(np.uint64))
-        order = np.argsort(keys, kind="stable")  # stable: each group stays in word order
+        # Any sort will do (group numbers are ranks of keys, positions are re-sorted below), and
+        # numpy's default one is ~10x faster than its stable one on 64-bit keys.
+        order = np.argsort(keys)
         sorted_keys = keys[order]
         starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
         counts = np.diff(np.append(starts, len(order)))
@@ -320,6 +350,8 @@ class GopherRepetition(Filter):
         return verdicts
 
     def _lines_and_paragraphs(self, text: str) -> Verdict:
+        if "\n" not in text:  # one line, one paragraph: nothing can repeat
+            return None
         config = self.config
         paragraphs = _PARAGRAPHS.split(text)
         dup_paras, dup_para_chars = _duplicates(paragraphs)
