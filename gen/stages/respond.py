@@ -12,6 +12,7 @@ from typing import Literal
 from gen.prompts import PromptTemplate
 from gen.records import Record, drop
 from gen.stages.base import Stage, StageConfig
+from gen.stages.common import failure
 
 
 class RespondConfig(StageConfig):
@@ -44,7 +45,7 @@ class Respond(Stage):
             answered = conversation + [{"role": "assistant", "content": completion.text}]
             derived = self.derive(record, answered, index=index, completion=completion,
                                   template=self.template)
-            if completion.finish_reason in ("prompt_too_long", "error"):
-                drop(derived, self.name, completion.finish_reason, detail=completion.error)
+            if reason := failure(completion):
+                drop(derived, self.name, reason, detail=completion.error)
             out.append(derived)
         return out
