@@ -129,6 +129,10 @@ class EnginePool:
         self.chat_template: str | None = info["chat_template"]  # the model's, from its tokenizer
         self.capacity = max_in_flight_per_replica * len(replicas)
         self._in_flight = [0] * len(replicas)
+        # Every token served, whichever stage asked: a stage may make several requests per record
+        # (evol_instruct rewrites, judges and answers), so records alone undercount the work.
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
         self._slots = asyncio.Semaphore(self.capacity)
 
     async def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any]) -> list[Completion]:
@@ -142,9 +146,12 @@ class EnginePool:
             index = min(range(len(self.replicas)), key=self._in_flight.__getitem__)
             self._in_flight[index] += 1
             try:
-                return await self.replicas[index].generate.remote(prompt, sampling)
+                completions = await self.replicas[index].generate.remote(prompt, sampling)
             finally:
                 self._in_flight[index] -= 1
+        self.prompt_tokens += completions[0].prompt_tokens if completions else 0
+        self.completion_tokens += sum(c.completion_tokens for c in completions)
+        return completions
 
     def shutdown(self) -> None:
         for replica in self.replicas:

@@ -56,7 +56,7 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
     started = time.monotonic()
     sink = ShardSink.open(spec.output.dir, spec.identity(), spec.output.rows_per_shard,
                           spec.output.compression)
-    owned_engine = None
+    owned_engine = chain = None
     try:
         seeds = SeedReader(**spec.seeds.model_dump()) if spec.seeds else None
         seed_records = list(seeds) if seeds else []
@@ -71,13 +71,16 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
         chain.observe_committed(sink.committed.records(kinds=("data",)))
         session = _Session(sink, chain, stages, spec,
                            concurrency=engine.capacity if engine else NO_ENGINE_CONCURRENCY)
+        served_before = _served(engine)
         asyncio.run(session.run(seed_records, Progress.create(progress)))
         finished = time.monotonic()
-        chain.close()
-        manifest = _manifest(spec, sink, seeds, session, started, engine_ready, finished)
+        served = [after - before for after, before in zip(_served(engine), served_before)]
+        manifest = _manifest(spec, sink, seeds, session, served, started, engine_ready, finished)
         sink.write_manifest(manifest)
         return manifest
     finally:
+        if chain is not None:
+            chain.close()  # the dedup index actors must not outlive the run on a shared cluster
         if owned_engine is not None:
             owned_engine.shutdown()
         sink.close()
@@ -113,8 +116,6 @@ class _Session:
     stages: list[Stage]
     spec: Spec
     concurrency: int  # work items in flight: enough to keep every replica's batch full
-    generated_tokens: int = 0
-    prompt_tokens: int = 0
     stage_errors: int = 0
     _buffer: list[tuple[str, list[Record]]] = field(default_factory=list)
     _buffered_rows: int = 0
@@ -142,10 +143,7 @@ class _Session:
                 records = await self._through(map_stages, item)
                 self._buffer.append((item["work_key"], records))
                 self._buffered_rows += len(records)
-                tokens = sum(r.get("completion_tokens") or 0 for r in records)
-                self.generated_tokens += tokens
-                self.prompt_tokens += sum(r.get("prompt_tokens") or 0 for r in records)
-                progress.advance(1, tokens)
+                progress.advance(1, sum(r.get("completion_tokens") or 0 for r in records))
             finally:
                 slots.release()
 
@@ -243,8 +241,13 @@ async def _aiter(items: Iterable[Record]) -> AsyncIterator[Record]:
         yield item
 
 
+def _served(engine: EnginePool | None) -> tuple[int, int]:
+    """(prompt, completion) tokens the replicas have served so far: the run's true token count."""
+    return (engine.prompt_tokens, engine.completion_tokens) if engine else (0, 0)
+
+
 def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _Session,
-              started: float, engine_ready: float, finished: float) -> dict[str, Any]:
+              served: list[int], started: float, engine_ready: float, finished: float) -> dict[str, Any]:
     generation_s = max(finished - engine_ready, 1e-9)
     return {
         "created_at": datetime.now(UTC).isoformat(),
@@ -258,9 +261,9 @@ def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _S
             "wall_s": round(finished - started, 3),
             "engine_start_s": round(engine_ready - started, 3),
             "generation_s": round(generation_s, 3),
-            "prompt_tokens": session.prompt_tokens,
-            "completion_tokens": session.generated_tokens,
-            "tokens_per_s": round(session.generated_tokens / generation_s, 1),
+            "prompt_tokens": served[0],
+            "completion_tokens": served[1],
+            "tokens_per_s": round(served[1] / generation_s, 1),
             "stage_errors": session.stage_errors,
             "resumed_from_shards": session.resumed_shards,
         },
