@@ -9,7 +9,8 @@ shard commits and the manifest included). `ignore_eos` makes both generate exact
     python benchmarks/bench_throughput.py --model Qwen/Qwen2.5-7B-Instruct --max-model-len 4096 \
         --prompts 20000 --max-tokens 512 --no-cpu-kv-cache      # unchanged on a GPU machine
 
-Prints both figures and the ratio (sdg / bare); writes benchmarks/results/throughput.json.
+Each side is timed `--repeats` times on its loaded model; the medians are compared. Prints both
+figures and the ratio (sdg / bare); writes benchmarks/results/throughput.json.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ def instructions(count: int) -> list[str]:
     return [f"{seeds[i % len(seeds)]} (variant {i})" for i in range(count)]
 
 
-def bare_vllm(model_path: str, engine_args: dict, prompts: list[str], sampling: dict, out) -> None:
+def median_run(timed_runs: list[dict]) -> dict:
+    """The run of median tokens/s, with every run's figure beside it."""
+    ordered = sorted(timed_runs, key=lambda r: r["tokens_per_s"])
+    return {**ordered[len(ordered) // 2], "all_tokens_per_s": [round(r["tokens_per_s"]) for r in timed_runs]}
+
+
+def bare_vllm(model_path: str, engine_args: dict, prompts: list[str], sampling: dict, repeats: int,
+              out) -> None:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_path, **engine_args)
@@ -40,14 +48,17 @@ def bare_vllm(model_path: str, engine_args: dict, prompts: list[str], sampling: 
                                            add_generation_prompt=True) for p in prompts]
     params = SamplingParams(**sampling)
     llm.generate(texts[:8], params, use_tqdm=False)  # warm-up, as sdg's replicas are warm too
-    started = time.perf_counter()
-    outputs = llm.generate(texts, params, use_tqdm=False)
-    seconds = time.perf_counter() - started
-    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    out.put({"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds})
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        outputs = llm.generate(texts, params, use_tqdm=False)
+        seconds = time.perf_counter() - started
+        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+        runs.append({"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds})
+    out.put(median_run(runs))
 
 
-def sdg_run(model: str, spec_fields: dict, prompts: list[str], workdir: Path) -> dict:
+def sdg_run(model: str, spec_fields: dict, prompts: list[str], repeats: int, workdir: Path) -> dict:
     import asyncio
 
     from cluster.ray_cluster import connect
@@ -56,19 +67,22 @@ def sdg_run(model: str, spec_fields: dict, prompts: list[str], workdir: Path) ->
 
     seeds = workdir / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"instruction": p}) + "\n" for p in prompts))
-    spec = Spec.model_validate({**spec_fields, "seeds": {"paths": [str(seeds)]},
-                                "stages": [{"type": "respond"}],
-                                "output": {"dir": str(workdir / "out"), "rows_per_shard": 1000}})
+    specs = [Spec.model_validate({**spec_fields, "seeds": {"paths": [str(seeds)]},
+                                  "stages": [{"type": "respond"}],
+                                  "output": {"dir": str(workdir / f"out{i}"), "rows_per_shard": 1000}})
+             for i in range(repeats)]
     connect(None)
-    engine = start_engine(spec)
+    engine = start_engine(specs[0])
     asyncio.run(engine.chat([{"role": "user", "content": "warm up"}], {"max_tokens": 8}))
-    started = time.perf_counter()
-    manifest = run(spec, engine=engine, progress=False)
-    seconds = time.perf_counter() - started
+    runs = []
+    for spec in specs:  # a fresh output dir each time: a rerun into the same one would resume
+        started = time.perf_counter()
+        manifest = run(spec, engine=engine, progress=False)
+        seconds = time.perf_counter() - started
+        tokens = manifest["this_run"]["completion_tokens"]
+        runs.append({"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds})
     engine.shutdown()
-    tokens = manifest["this_run"]["completion_tokens"]
-    return {"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds,
-            "records": manifest["totals"]["records"]}
+    return median_run(runs)
 
 
 def main() -> None:
@@ -76,6 +90,7 @@ def main() -> None:
     parser.add_argument("--model", default="sdg/tiny-random-chat")
     parser.add_argument("--prompts", type=int, default=2000)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median is reported")
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0,
@@ -95,7 +110,7 @@ def main() -> None:
     queue = context.Queue()
     child = context.Process(target=bare_vllm, args=(
         model_path, {"dtype": dtype, "max_model_len": args.max_model_len, "seed": 0, **extra},
-        prompts, sampling, queue))
+        prompts, sampling, args.repeats, queue))
     child.start()
     bare = queue.get()
     child.join()
@@ -104,16 +119,15 @@ def main() -> None:
         sdg = sdg_run(args.model, {
             "model": {"name": args.model, "dtype": dtype, "max_model_len": args.max_model_len,
                       "engine_args": extra},
-            "sampling": {**sampling, "seed": 0}}, prompts, Path(workdir))
+            "sampling": {**sampling, "seed": 0}}, prompts, args.repeats, Path(workdir))
 
     result = {"model": args.model, "prompts": args.prompts, "max_tokens": args.max_tokens,
               "bare_vllm": bare, "sdg": sdg, "ratio": sdg["tokens_per_s"] / bare["tokens_per_s"]}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "throughput.json").write_text(json.dumps(result, indent=2))
-    print(f"bare vLLM LLM.generate: {bare['tokens_per_s']:,.0f} tok/s "
-          f"({bare['completion_tokens']:,} tokens in {bare['seconds']:.1f} s)")
-    print(f"sdg run:                {sdg['tokens_per_s']:,.0f} tok/s "
-          f"({sdg['completion_tokens']:,} tokens in {sdg['seconds']:.1f} s)")
+    for name, side in (("bare vLLM LLM.generate", bare), ("sdg run", sdg)):
+        print(f"{name + ':':24}{side['tokens_per_s']:,.0f} tok/s median of {side['all_tokens_per_s']} "
+              f"({side['completion_tokens']:,} tokens in {side['seconds']:.1f} s)")
     print(f"ratio sdg / bare:       {result['ratio']:.3f}")
 
 

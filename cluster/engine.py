@@ -31,6 +31,17 @@ _CPU_UNSUPPORTED_SAMPLING = ("seed",)
 
 REPLICA_RESTARTS = 3
 
+# On a CPU backend the model runs in vLLM's own processes (a worker bound to its cores and an
+# engine core that polls it). sdg's processes around them (the replica's request handling, the
+# driver) work from deep queues and can wait, so they yield the CPU to the engine: on 2 cores,
+# +12% tokens/s. vLLM's processes, started before the renice, keep their priority.
+CPU_FRONTEND_NICENESS = 10
+
+
+def yield_cpu_to_engine() -> None:
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, max(current, CPU_FRONTEND_NICENESS))
+
 
 @dataclass(frozen=True, slots=True)
 class Completion:
@@ -58,6 +69,8 @@ class EngineReplica:
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
         self.on_cpu = current_platform.is_cpu()
+        if self.on_cpu:
+            yield_cpu_to_engine()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -178,6 +191,8 @@ def start_replicas(
                            runtime_env={"env_vars": env})(EngineReplica)
     handles = [actor_cls.remote(engine_args) for _ in range(replicas)]
     infos = ray.get([h.info.remote() for h in handles])  # raises here if an engine fails to start
+    if infos[0]["on_cpu"]:
+        yield_cpu_to_engine()
     log.info("started %d vLLM replica(s) of %s (%s)", replicas, engine_args["model"],
              "GPU" if has_gpus else "CPU")
     return EnginePool(handles, infos[0], max_in_flight_per_replica)
