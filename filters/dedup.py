@@ -61,6 +61,10 @@ class DedupConfig(FilterConfig):
     seed: int = 1
     # Ray actors holding the index; small by default on a 2-core machine, raise it with the data.
     index_shards: int = 2
+    # Kept records remembered per LSH bucket. With one, a near-duplicate of a kept record is missed
+    # when every bucket they share was claimed first by other, merely similar, records; a few ids
+    # per bucket close that gap at a bounded cost in memory and exact comparisons.
+    ids_per_bucket: int = 8
     # Output directories of earlier runs whose kept records seed the index.
     against: list[str] = []
 
@@ -205,14 +209,14 @@ class IndexShard:
     """One shard of the run-global index, run as a Ray actor.
 
     Shard ``s`` of ``S`` holds the buckets of bands ``b`` with ``b % S == s``, the exact keys with
-    ``key % S == s``, and the shingle sets the driver routes to it (by record id). Each bucket and
-    exact key remembers only the first record committed with it: that is the record a later
-    duplicate is reported against, and one id per key bounds memory to one entry per key.
+    ``key % S == s``, and the shingle sets the driver routes to it (by record id). An exact key
+    remembers the first record committed with it (the one a later duplicate is reported against);
+    a bucket remembers its first ``ids_per_bucket`` records, which bounds its memory.
     """
 
-    def __init__(self, index: int, count: int):
-        self.index, self.count = index, count
-        self.buckets: dict[int, str] = {}
+    def __init__(self, index: int, count: int, ids_per_bucket: int):
+        self.index, self.count, self.ids_per_bucket = index, count, ids_per_bucket
+        self.buckets: dict[int, list[str]] = {}
         self.exact: dict[int, str] = {}
         self.shingles: dict[str, bytes] = {}
 
@@ -222,7 +226,7 @@ class IndexShard:
         buckets, exact = self.buckets, self.exact
         return [
             (exact.get(exact_key) if exact_key % self.count == self.index else None,
-             {buckets[key] for key in keys if key in buckets})
+             {record_id for key in keys if key in buckets for record_id in buckets[key]})
             for exact_key, keys in zip(exact_keys.tolist(), band_keys.tolist(), strict=True)
         ]
 
@@ -234,7 +238,9 @@ class IndexShard:
         """Add committed records: their buckets, the exact keys this shard owns, ``shingles``."""
         for record_id, keys, exact_key in zip(ids, band_keys.tolist(), exact_keys.tolist(), strict=True):
             for key in keys:
-                self.buckets.setdefault(key, record_id)
+                bucket = self.buckets.setdefault(key, [])
+                if len(bucket) < self.ids_per_bucket:
+                    bucket.append(record_id)
             if exact_key % self.count == self.index:
                 self.exact.setdefault(exact_key, record_id)
         self.shingles.update(shingles)
@@ -257,7 +263,7 @@ class Dedup(Filter):
         # The index is memory, not compute: num_cpus=0 so it never waits behind engine replicas.
         shard_class = ray.remote(num_cpus=0)(IndexShard)
         count = config.index_shards
-        self._shards = [shard_class.remote(index, count) for index in range(count)]
+        self._shards = [shard_class.remote(index, count, config.ids_per_bucket) for index in range(count)]
         self._bands_of_shard = [np.arange(config.bands) % count == index for index in range(count)]
         self.reloaded = self.rehashed = 0
         for directory in config.against:
