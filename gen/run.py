@@ -132,8 +132,10 @@ class _Session:
             # a source's work items include its rejects, so their number is not known in advance
             total, already = None, len(done.keys)
         else:
-            items = _aiter(s for s in seeds if s["work_key"] not in done.keys)
-            total, already = len(seeds), len(seeds) - sum(1 for s in seeds if s["work_key"] not in done.keys)
+            committed = done.keys
+            todo = [s for s in seeds if s["work_key"] not in committed]
+            items = _aiter(todo)
+            total, already = len(seeds), len(seeds) - len(todo)
         progress.start(total=total, done=already)
         slots = asyncio.Semaphore(self.concurrency)
         running: set[asyncio.Task] = set()

@@ -47,6 +47,7 @@ class CommittedWork:
 
     @property
     def keys(self) -> set[str]:
+        """Committed work keys (a new set each call: take it once, outside loops)."""
         return {key for entry in self.entries for key in entry["work_keys"]}
 
     def shard_paths(self, kinds: tuple[str, ...] = ("data", "rejected")) -> list[Path]:

@@ -64,7 +64,8 @@ class Magpie(SourceStage):
                 "the text that opens a user turn for this model.")
 
     async def generate(self, seeds: list[Record], done: CommittedWork) -> AsyncIterator[Record]:
-        todo = (n for n in range(self.config.target) if f"{self.name}/{n}" not in done.keys)
+        committed = done.keys
+        todo = (n for n in range(self.config.target) if f"{self.name}/{n}" not in committed)
         running: set[asyncio.Task] = set()
         try:
             while True:
