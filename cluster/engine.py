@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,7 +137,6 @@ class EnginePool:
 
     def __init__(self, replicas: list[Any], info: dict[str, Any], max_in_flight_per_replica: int):
         self.replicas = replicas
-        self.info = info
         self.max_model_len: int = info["max_model_len"]
         self.user_turn_prefix: str | None = info["user_turn_prefix"]
         self.chat_template: str | None = info["chat_template"]  # the model's, from its tokenizer
@@ -146,7 +146,8 @@ class EnginePool:
         # (evol_instruct rewrites, judges and answers), so records alone undercount the work.
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self._slots = asyncio.Semaphore(self.capacity)
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary())
 
     async def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any]) -> list[Completion]:
         return await self._submit(messages, sampling)
@@ -155,7 +156,11 @@ class EnginePool:
         return await self._submit(prompt, sampling)
 
     async def _submit(self, prompt, sampling) -> list[Completion]:
-        async with self._slots:
+        # One semaphore per event loop: a pool outlives a run's loop (several runs in a notebook,
+        # a test session), and an asyncio semaphore may only be waited on from one loop.
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop) or self._slots.setdefault(loop, asyncio.Semaphore(self.capacity))
+        async with slots:
             index = min(range(len(self.replicas)), key=self._in_flight.__getitem__)
             self._in_flight[index] += 1
             try:

@@ -36,7 +36,7 @@ FILTERS: dict[type[FilterConfig], type[Filter]] = {
     DecontaminationConfig: Decontamination,
 }
 
-FilterSpec = Annotated[Union[tuple(FILTERS) or (FilterConfig,)], Field(discriminator="type")]  # noqa: UP007
+FilterSpec = Annotated[Union[tuple(FILTERS)], Field(discriminator="type")]  # noqa: UP007
 
 
 def build_chain(configs: list[FilterConfig]) -> FilterChain:

@@ -54,8 +54,7 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
     from cluster.ray_cluster import connect
 
     started = time.monotonic()
-    sink = ShardSink.open(spec.output.dir, spec.identity(), spec.output.rows_per_shard,
-                          spec.output.compression)
+    sink = ShardSink.open(spec.output.dir, spec.identity(), spec.output.compression)
     owned_engine = chain = None
     try:
         seeds = SeedReader(**spec.seeds.model_dump()) if spec.seeds else None
@@ -68,7 +67,8 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
                            prompt_overrides=spec.prompts)
         stages = [build_stage(config, ctx) for config in spec.stages]
         chain = build_chain(spec.filters)
-        chain.observe_committed(sink.committed.records(kinds=("data",)))
+        if chain.filters and sink.committed.entries:  # resuming: stateful filters reload their state
+            chain.observe_committed(sink.committed.records(kinds=("data",)))
         session = _Session(sink, chain, stages, spec,
                            concurrency=engine.capacity if engine else NO_ENGINE_CONCURRENCY)
         served_before = _served(engine)

@@ -68,18 +68,16 @@ class CommittedWork:
 
 
 class ShardSink:
-    def __init__(self, root: Path, rows_per_shard: int, compression: str):
+    def __init__(self, root: Path, compression: str):
         self.root = root
-        self.rows_per_shard = rows_per_shard
         self.compression = None if compression == "none" else compression
         self.committed = CommittedWork(root)
         self._lock_file = None
 
     @classmethod
-    def open(cls, root: str | Path, identity: dict[str, Any], rows_per_shard: int,
-             compression: str) -> ShardSink:
+    def open(cls, root: str | Path, identity: dict[str, Any], compression: str) -> ShardSink:
         """Lock ``root``, check it belongs to this spec, and recover it after a crash."""
-        sink = cls(Path(root), rows_per_shard, compression)
+        sink = cls(Path(root), compression)
         sink._lock()
         sink._check_identity(identity)
         sink._recover()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,5 +47,5 @@ def engine_pool(ray_session, tiny_model_path):
 def sdg_env() -> dict[str, str]:
     """Environment for `sdg` subprocesses: this interpreter's venv first on PATH."""
     env = dict(os.environ)
-    env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     return env

@@ -18,7 +18,7 @@ def record(i, work_key=None):
 
 
 def open_sink(root, identity=IDENTITY):
-    return ShardSink.open(root, identity, rows_per_shard=10, compression="zstd")
+    return ShardSink.open(root, identity, compression="zstd")
 
 
 def test_commit_writes_shards_journal_and_totals(tmp_path):
@@ -55,7 +55,7 @@ def test_recovery_finishes_committed_renames_and_drops_uncommitted_files(tmp_pat
 def test_a_second_run_into_the_same_dir_is_refused(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from gen.sink import ShardSink; "
-         f"sink = ShardSink.open({str(tmp_path)!r}, {IDENTITY!r}, 10, 'zstd'); print('locked', flush=True); time.sleep(60)"],
+         f"sink = ShardSink.open({str(tmp_path)!r}, {IDENTITY!r}, 'zstd'); print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
