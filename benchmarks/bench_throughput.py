@@ -73,7 +73,7 @@ def sdg_run(model: str, spec_fields: dict, prompts: list[str], repeats: int, wor
              for i in range(repeats)]
     connect(None)
     engine = start_engine(specs[0])
-    asyncio.run(engine.chat([{"role": "user", "content": "warm up"}], {"max_tokens": 8}))
+    asyncio.run(engine.chat([{"role": "user", "content": "warm up"}], {"max_tokens": 8}, key="warm-up"))
     runs = []
     for spec in specs:  # a fresh output dir each time: a rerun into the same one would resume
         started = time.perf_counter()

@@ -6,22 +6,34 @@ driver keeps many requests in flight per replica through :class:`EnginePool`, al
 next request to the least-loaded replica, so there is no barrier between chunks of work and no
 replica waits for the slowest one.
 
-Per-record problems never kill the run: a prompt longer than the model's context comes back as a
-completion with ``finish_reason="prompt_too_long"`` and a request vLLM rejects as ``"error"``, and
-the stages route those records to ``rejected/``.
+Two kinds of failure, two answers:
+
+* A record's own problem never kills the run: a prompt longer than the model's context comes back
+  as a completion with ``finish_reason="prompt_too_long"`` and a request vLLM rejects as
+  ``"error"``, and the stages route those records to ``rejected/``.
+* An infrastructure failure is never a record's fault, so it never becomes a reject: an engine
+  that dies inside its actor (vLLM's ``EngineDeadError``) makes the actor exit so that Ray restarts
+  it; an actor or node that is lost, or a replica that holds requests and finishes none for
+  ``stall_timeout_s`` (a hung engine, which is then killed), takes the replica out of routing until
+  it answers again, and each of its requests is sent again to a healthy replica. A request that
+  fails ``request_attempts`` times, or finds no replica left, raises :class:`EngineUnavailable`,
+  which stops the run with its committed work intact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import time
 import uuid
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +42,32 @@ log = logging.getLogger(__name__)
 # the engine-wide seed. On GPU the per-request seed is passed through as given.
 _CPU_UNSUPPORTED_SAMPLING = ("seed",)
 
-REPLICA_RESTARTS = 3
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """How long to wait and how often to retry (the spec's ``failures`` section)."""
+
+    request_attempts: int = 4
+    replica_restarts: int = 10
+    stall_timeout_s: float = 600.0
+    startup_timeout_s: float = 1800.0
+
+
+class EngineFailed(RuntimeError):
+    """Raised inside a replica whose engine died; the replica exits so that Ray restarts it."""
+
+
+class EngineUnavailable(RuntimeError):
+    """No replica could serve a request: the run stops, its committed work intact."""
+
+
+class ResourcesUnavailable(RuntimeError):
+    """The cluster cannot hold the replicas the spec asks for."""
+
+
+# A replica lost, not a record's fault: the request goes to another replica.
+INFRASTRUCTURE_ERRORS = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError,
+                         OutOfMemoryError, EngineFailed)
 
 # On a CPU backend the model runs in vLLM's own processes (a worker bound to its cores and an
 # engine core that polls it). sdg's processes around them (the replica's request handling, the
@@ -73,6 +110,18 @@ class EngineReplica:
         if self.on_cpu:
             yield_cpu_to_engine()
 
+    def ping(self) -> bool:
+        """Answers once the replica (re)started and its engine is alive."""
+        if self.engine.errored:
+            self._exit_for_restart()
+            raise EngineFailed("the vLLM engine of this replica is dead")
+        return True
+
+    def _exit_for_restart(self) -> None:
+        # Ray restarts an actor whose process dies, not one that exits on purpose
+        # (ray.actor.exit_actor): so the process ends itself, a moment after this reply is sent.
+        asyncio.get_running_loop().call_later(0.5, os._exit, 1)
+
     def info(self) -> dict[str, Any]:
         return {
             "max_model_len": self.max_model_len,
@@ -99,6 +148,7 @@ class EngineReplica:
         """Complete a raw text prompt, or a ``messages`` list through the chat template."""
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         if not isinstance(prompt, str):
             # The template's text carries its special tokens, so it is encoded without adding more.
@@ -121,6 +171,9 @@ class EngineReplica:
                 request_id=uuid.uuid4().hex,
             ):
                 final = output
+        except EngineDeadError as exc:
+            self._exit_for_restart()
+            raise EngineFailed(f"the vLLM engine of this replica died: {exc}") from None
         except (ValueError, TypeError) as exc:  # vLLM's per-request validation errors
             return [Completion("", "error", len(token_ids), 0, str(exc))] * n
         return [
@@ -132,46 +185,151 @@ class EngineReplica:
         self.engine.shutdown()
 
 
+def request_seed(seed: int, key: str) -> int:
+    """The seed of one request: distinct per request, the same on every rerun and retry.
+
+    With one spec-wide seed sent as it is, every request with the same prompt (each Magpie
+    pre-query, each self-chat opened on the same topic) would sample the same text on a GPU.
+    """
+    digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+@dataclass
+class _LoopState:
+    """What the pool keeps per asyncio event loop (a pool outlives a run's loop: several runs in a
+    notebook or a test session; asyncio primitives belong to one loop)."""
+
+    slots: asyncio.Semaphore
+    health_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
 class EnginePool:
     """The run's replicas, shared by all its stages. The only way stages reach the model."""
 
-    def __init__(self, replicas: list[Any], info: dict[str, Any], max_in_flight_per_replica: int):
+    def __init__(self, replicas: list[Any], info: dict[str, Any], max_in_flight_per_replica: int,
+                 limits: EngineLimits = EngineLimits()):
         self.replicas = replicas
+        self.limits = limits
         self.max_model_len: int = info["max_model_len"]
         self.user_turn_prefix: str | None = info["user_turn_prefix"]
         self.chat_template: str | None = info["chat_template"]  # the model's, from its tokenizer
         self.capacity = max_in_flight_per_replica * len(replicas)
         self._in_flight = [0] * len(replicas)
+        self._last_progress = [time.monotonic()] * len(replicas)
+        self._healthy = set(range(len(replicas)))
+        self._dead: set[int] = set()  # restarts exhausted: never back
+        self._recovering: dict[int, asyncio.Task] = {}
         # Every token served, whichever stage asked: a stage may make several requests per record
         # (evol_instruct rewrites, judges and answers), so records alone undercount the work.
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary())
+        self.infrastructure_failures = 0  # requests sent again because their replica was lost
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 
-    async def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any]) -> list[Completion]:
-        return await self._submit(messages, sampling)
+    async def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any], key: str) -> list[Completion]:
+        """Answer ``messages`` through the model's chat template. ``key`` names the request
+        uniquely and stably (record id and purpose): its seed is derived from it."""
+        return await self._submit(messages, sampling, key)
 
-    async def complete(self, prompt: str, sampling: dict[str, Any]) -> list[Completion]:
-        return await self._submit(prompt, sampling)
+    async def complete(self, prompt: str, sampling: dict[str, Any], key: str) -> list[Completion]:
+        """Continue a raw text ``prompt``; ``key`` as for :meth:`chat`."""
+        return await self._submit(prompt, sampling, key)
 
-    async def _submit(self, prompt, sampling) -> list[Completion]:
-        # One semaphore per event loop: a pool outlives a run's loop (several runs in a notebook,
-        # a test session), and an asyncio semaphore may only be waited on from one loop.
-        loop = asyncio.get_running_loop()
-        slots = self._slots.get(loop) or self._slots.setdefault(loop, asyncio.Semaphore(self.capacity))
-        async with slots:
-            index = min(range(len(self.replicas)), key=self._in_flight.__getitem__)
-            self._in_flight[index] += 1
-            try:
-                completions = await self.replicas[index].generate.remote(prompt, sampling)
-            finally:
-                self._in_flight[index] -= 1
+    async def _submit(self, prompt, sampling: dict[str, Any], key: str) -> list[Completion]:
+        if sampling.get("seed") is not None:
+            sampling = {**sampling, "seed": request_seed(sampling["seed"], key)}
+        state = self._state()
+        async with state.slots:
+            for attempt in range(1, self.limits.request_attempts + 1):
+                index = await self._pick(state)
+                try:
+                    completions = await self._call(index, prompt, sampling)
+                    break
+                except INFRASTRUCTURE_ERRORS as exc:
+                    self.infrastructure_failures += 1
+                    log.warning("replica %d failed a request (attempt %d of %d): %s", index, attempt,
+                                self.limits.request_attempts, _first_line(exc))
+                    self._take_out(index, state)
+            else:
+                raise EngineUnavailable(
+                    f"a request failed on {self.limits.request_attempts} replicas in a row (failures."
+                    "request_attempts); the engines keep dying: see the replicas' logs above")
         self.prompt_tokens += completions[0].prompt_tokens if completions else 0
         self.completion_tokens += sum(c.completion_tokens for c in completions)
         return completions
 
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopState(asyncio.Semaphore(self.capacity))
+        return state
+
+    async def _pick(self, state: _LoopState) -> int:
+        """The least-loaded healthy replica; waits while every replica is restarting."""
+        async with state.health_changed:
+            while not self._healthy:
+                if len(self._dead) == len(self.replicas):
+                    raise EngineUnavailable("every engine replica is dead (failures.replica_restarts "
+                                            "used up); see the replicas' logs above")
+                await state.health_changed.wait()
+        return min(self._healthy, key=self._in_flight.__getitem__)
+
+    async def _call(self, index: int, prompt, sampling: dict[str, Any]) -> list[Completion]:
+        """One request on one replica, watched: a replica that holds requests and finishes none
+        for ``stall_timeout_s`` is hung, and is killed so that Ray restarts it."""
+        if self._in_flight[index] == 0:
+            self._last_progress[index] = time.monotonic()
+        self._in_flight[index] += 1
+        try:
+            reply = asyncio.wrap_future(self.replicas[index].generate.remote(prompt, sampling).future())
+            while True:
+                try:
+                    completions = await asyncio.wait_for(asyncio.shield(reply), self.limits.stall_timeout_s)
+                    break
+                except TimeoutError:
+                    if time.monotonic() - self._last_progress[index] >= self.limits.stall_timeout_s:
+                        log.error("replica %d finished no request for %.0f s (failures.stall_timeout_s): "
+                                  "killing it so Ray restarts it", index, self.limits.stall_timeout_s)
+                        ray.kill(self.replicas[index], no_restart=False)
+                        self._last_progress[index] = time.monotonic()  # one kill per stall
+            self._last_progress[index] = time.monotonic()
+            return completions
+        finally:
+            self._in_flight[index] -= 1
+
+    def _take_out(self, index: int, state: _LoopState) -> None:
+        """Route nothing to ``index`` until it answers a ping again (Ray is restarting it)."""
+        self._healthy.discard(index)
+        if index not in self._recovering and index not in self._dead:
+            self._recovering[index] = asyncio.create_task(self._recover(index, state))
+
+    async def _recover(self, index: int, state: _LoopState) -> None:
+        deadline = time.monotonic() + self.limits.startup_timeout_s
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(self.replicas[index].ping.remote().future()),
+                                       max(deadline - time.monotonic(), 1))
+                self._healthy.add(index)
+                log.warning("replica %d is back in service", index)
+                break
+            except EngineFailed:
+                await asyncio.sleep(1)  # its engine is dead too: the replica is exiting to restart
+            except (TimeoutError, RayActorError) as exc:
+                if isinstance(exc, RayActorError) and _restarting(exc):
+                    await asyncio.sleep(1)
+                    continue
+                log.error("replica %d is gone for good: %s", index, _first_line(exc))
+                self._dead.add(index)
+                break
+        del self._recovering[index]
+        async with state.health_changed:
+            state.health_changed.notify_all()
+
     def shutdown(self) -> None:
+        for task in self._recovering.values():
+            task.cancel()
         for replica in self.replicas:
             try:
                 ray.get(replica.shutdown.remote(), timeout=60)
@@ -180,24 +338,62 @@ class EnginePool:
             ray.kill(replica)
 
 
+def _restarting(exc: RayActorError) -> bool:
+    """Whether the actor can still come back (Ray is restarting it), not dead for good."""
+    from ray.exceptions import ActorUnavailableError
+
+    return isinstance(exc, ActorUnavailableError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def replica_resources(cluster: dict[str, float], replicas: int, tensor_parallel_size: int) -> dict[str, float]:
+    """What one replica asks Ray for: ``tensor_parallel_size`` GPUs on a GPU cluster (vLLM then
+    runs its tensor-parallel workers as processes on those GPUs), one CPU otherwise.
+
+    Refuses at once when the whole cluster cannot hold ``replicas`` of them: Ray would wait forever.
+    """
+    if cluster.get("GPU", 0) > 0:
+        needed, have, unit = replicas * tensor_parallel_size, cluster["GPU"], "GPU"
+        resources = {"num_gpus": tensor_parallel_size}
+    else:
+        needed, have, unit = replicas, cluster.get("CPU", 0), "CPU"
+        resources = {"num_cpus": 1}
+    if needed > have:
+        raise ResourcesUnavailable(
+            f"model.replicas ({replicas}) x model.tensor_parallel_size ({tensor_parallel_size}) needs "
+            f"{needed:g} {unit}s, the Ray cluster has {have:g}: lower them or add nodes")
+    return resources
+
+
 def start_replicas(
     engine_args: dict[str, Any], replicas: int, tensor_parallel_size: int,
-    max_in_flight_per_replica: int,
+    max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(),
 ) -> EnginePool:
     """Start ``replicas`` engines; each takes ``tensor_parallel_size`` GPUs when the cluster has GPUs."""
-    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"num_gpus": tensor_parallel_size} if has_gpus else {"num_cpus": 1}
+    resources = replica_resources(ray.cluster_resources(), replicas, tensor_parallel_size)
     # vLLM's per-step INFO lines would drown the run's own progress in the driver's output.
     env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-    # A replica that dies (OOM, a crashed engine) is restarted by Ray, which reloads the model and
-    # retries the requests it held: generation requests are independent, so a retry is safe.
+    # A replica whose process dies (OOM, a crashed engine, a lost node) is restarted by Ray, which
+    # reloads the model. Its requests are not retried by Ray: the pool sends them to a healthy replica.
     actor_cls = ray.remote(**resources, max_concurrency=max(1000, 2 * max_in_flight_per_replica),
-                           max_restarts=REPLICA_RESTARTS, max_task_retries=REPLICA_RESTARTS,
+                           max_restarts=limits.replica_restarts, max_task_retries=0,
                            runtime_env={"env_vars": env})(EngineReplica)
     handles = [actor_cls.remote(engine_args) for _ in range(replicas)]
-    infos = ray.get([h.info.remote() for h in handles])  # raises here if an engine fails to start
+    try:
+        # raises here if an engine fails to start
+        infos = ray.get([h.info.remote() for h in handles], timeout=limits.startup_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        for handle in handles:
+            ray.kill(handle)
+        raise ResourcesUnavailable(
+            f"the engine replicas were not ready after {limits.startup_timeout_s:g} s "
+            f"(failures.startup_timeout_s); free in the cluster now: {ray.available_resources()}") from None
     if infos[0]["on_cpu"]:
         yield_cpu_to_engine()
     log.info("started %d vLLM replica(s) of %s (%s)", replicas, engine_args["model"],
-             "GPU" if has_gpus else "CPU")
-    return EnginePool(handles, infos[0], max_in_flight_per_replica)
+             "GPU" if "num_gpus" in resources else "CPU")
+    return EnginePool(handles, infos[0], max_in_flight_per_replica, limits)

@@ -24,16 +24,18 @@ import ray
 AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Join the cluster at ``address`` ("auto", "HOST:PORT", "ray://HOST:PORT"), or start one.
 
     With no address (and no ``RAY_ADDRESS``), an embedded cluster is started for this process
     alone, with ``num_cpus`` CPUs (default: all). ``num_cpus`` is ignored when joining: the
     cluster's nodes say what they have. Does nothing if Ray is already initialised, so a test
     session or a caller can set Ray up its own way first.
+
+    Returns whether this call connected, so the caller who connected also disconnects.
     """
     if ray.is_initialized():
-        return
+        return False
     # The driver of a Ray job gets its cluster in RAY_ADDRESS (set by the job supervisor).
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
@@ -45,9 +47,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
             logging.ERROR)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  logging_level=logging.WARNING)
-        return
+        return True
     _use_token_if_cluster_requires_it(address)
     ray.init(address=address, logging_level=logging.WARNING)
+    return True
 
 
 def _use_token_if_cluster_requires_it(address: str) -> None:

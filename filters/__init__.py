@@ -4,11 +4,12 @@ Heavy libraries (fastText, datasketch, Ray) are imported by the filter that need
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Annotated, Union
 
 from pydantic import Field
 
-from filters.base import Drop, Filter, FilterChain, FilterConfig, Verdict
+from filters.base import Drop, Filter, FilterChain, FilterConfig, StateLost, Verdict
 from filters.decontam import Decontamination, DecontaminationConfig
 from filters.dedup import Dedup, DedupConfig
 from filters.langid import LanguageId, LanguageIdConfig
@@ -24,6 +25,7 @@ from filters.quality import (
     ResponseRules,
     ResponseRulesConfig,
 )
+from gen.records import Record
 
 FILTERS: dict[type[FilterConfig], type[Filter]] = {
     InstructionRulesConfig: InstructionRules,
@@ -39,8 +41,10 @@ FILTERS: dict[type[FilterConfig], type[Filter]] = {
 FilterSpec = Annotated[Union[tuple(FILTERS)], Field(discriminator="type")]  # noqa: UP007
 
 
-def build_chain(configs: list[FilterConfig]) -> FilterChain:
-    return FilterChain([FILTERS[type(c)](c) for c in configs])
+def build_chain(configs: list[FilterConfig], committed: Callable[[], Iterable[Record]] = lambda: ()) -> FilterChain:
+    """The chain for a spec's ``filters``; ``committed`` reads back ``data/`` (to rebuild lost state)."""
+    return FilterChain([FILTERS[type(c)](c) for c in configs], committed)
 
 
-__all__ = ["FILTERS", "Drop", "Filter", "FilterChain", "FilterConfig", "FilterSpec", "Verdict", "build_chain"]
+__all__ = ["FILTERS", "Drop", "Filter", "FilterChain", "FilterConfig", "FilterSpec", "StateLost", "Verdict",
+           "build_chain"]

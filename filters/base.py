@@ -8,19 +8,27 @@ dropped records so the sink routes them to ``rejected/`` with ``drop_filter``, `
 ``drop_evidence``. Nothing a filter drops is lost.
 
 Filters run in the driver at commit time, in commit order, so "the first committed record wins"
-holds for stateful filters (dedup) and their state always matches the committed shards.
+holds for stateful filters (dedup). A stateful filter remembers what it keeps, so the chain runs it
+after every stateless one: it sees only records nothing else will drop, its state equals what
+``data/`` holds, and which records are kept does not depend on the order filters are listed in.
+A stateful filter whose state is lost (an index actor died or stopped answering) raises
+:class:`StateLost`; the chain rebuilds it from the committed shards and judges the batch again.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from gen.records import Record, drop
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,10 @@ class Drop:
 Verdict = Drop | None
 
 
+class StateLost(RuntimeError):
+    """A stateful filter's state is gone (its index actor died or timed out): rebuild, then judge again."""
+
+
 class FilterConfig(BaseModel):
     """Base of every filter's typed config; subclasses add ``type: Literal[...]`` and thresholds."""
 
@@ -40,6 +52,8 @@ class FilterConfig(BaseModel):
 
 class Filter(ABC):
     name: ClassVar[str]
+    stateful: ClassVar[bool] = False
+    """Remembers what it keeps (dedup): judged after all stateless filters, rebuilt when lost."""
 
     def __init__(self, config: FilterConfig):
         self.config = config
@@ -55,6 +69,9 @@ class Filter(ABC):
 
         Stateful filters override this (dedup loads their signatures); others ignore it.
         """
+
+    def reset(self) -> None:
+        """Start the state afresh (after :class:`StateLost`), before ``observe_committed``."""
 
     def __call__(self, records: list[Record]) -> tuple[list[Record], list[Record]]:
         """Split ``records`` into (kept, dropped), counting and marking the dropped ones."""
@@ -77,17 +94,28 @@ class Filter(ABC):
 
 
 class FilterChain:
-    """Filters applied in spec order; a record dropped by one is not shown to the next."""
+    """Stateless filters in spec order, then stateful ones; a record dropped by one is not shown
+    to the next.
 
-    def __init__(self, filters: list[Filter]):
-        self.filters = filters
+    ``committed`` gives the records already committed to ``data/``: what a lost state is rebuilt from.
+    """
+
+    def __init__(self, filters: list[Filter], committed: Callable[[], Iterable[Record]] = lambda: ()):
+        self.filters = sorted(filters, key=lambda f: f.stateful)  # stable: spec order within each kind
+        self.committed = committed
 
     def __call__(self, records: list[Record]) -> tuple[list[Record], list[Record]]:
         rejected: list[Record] = []
         for f in self.filters:
             if not records:
                 break
-            records, dropped = f(records)
+            try:
+                records, dropped = f(records)
+            except StateLost as lost:
+                log.warning("%s lost its state (%s): rebuilding it from the committed shards", f.name, lost)
+                f.reset()
+                f.observe_committed(list(self.committed()))
+                records, dropped = f(records)
             rejected.extend(dropped)
         return records, rejected
 

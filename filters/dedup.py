@@ -37,9 +37,9 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow.parquet as pq
 import xxhash
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
-from filters.base import Drop, Filter, FilterConfig, Verdict
+from filters.base import Drop, Filter, FilterConfig, StateLost, Verdict
 from filters.text import PRIME, TextField, fmix64, normalize, shingle_hashes, text_of
 from gen.records import Record, is_dropped
 
@@ -67,6 +67,9 @@ class DedupConfig(FilterConfig):
     ids_per_bucket: int = 8
     # Output directories of earlier runs whose kept records seed the index.
     against: list[str] = []
+    # One call to the index actors. Past it the index counts as lost and is rebuilt from the
+    # committed shards (as when an actor dies), so a stuck actor never hangs the run.
+    index_timeout_s: float = Field(300.0, gt=0)
 
     @model_validator(mode="after")
     def _bands_divide_perms(self) -> DedupConfig:
@@ -254,19 +257,27 @@ class IndexShard:
 
 class Dedup(Filter):
     name = "dedup"
+    stateful = True
 
     def __init__(self, config: DedupConfig):
         super().__init__(config)
+        self._fingerprint = settings_fingerprint(config)
+        self._bands_of_shard = [np.arange(config.bands) % config.index_shards == index
+                                for index in range(config.index_shards)]
+        self.reloaded = self.rehashed = 0
+        self._shards: list[Any] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Fresh, empty index actors, seeded with the ``against`` outputs."""
         import ray
 
-        self._fingerprint = settings_fingerprint(config)
+        self.close()
         # The index is memory, not compute: num_cpus=0 so it never waits behind engine replicas.
         shard_class = ray.remote(num_cpus=0)(IndexShard)
-        count = config.index_shards
-        self._shards = [shard_class.remote(index, count, config.ids_per_bucket) for index in range(count)]
-        self._bands_of_shard = [np.arange(config.bands) % count == index for index in range(count)]
-        self.reloaded = self.rehashed = 0
-        for directory in config.against:
+        count = self.config.index_shards
+        self._shards = [shard_class.remote(index, count, self.config.ids_per_bucket) for index in range(count)]
+        for directory in self.config.against:
             self._load_output(Path(directory))
 
     # -- judging
@@ -341,7 +352,10 @@ class Dedup(Filter):
         import ray
 
         for shard in self._shards:
-            ray.kill(shard)
+            try:
+                ray.kill(shard)
+            except Exception:  # noqa: BLE001 - best effort: the actor may already be gone
+                pass
         self._shards = []
 
     def stats(self) -> dict[str, Any]:
@@ -378,9 +392,7 @@ class Dedup(Filter):
 
     def _lookup(self, signatures: Signatures) -> tuple[list[str | None], list[set[str]]]:
         """Per record: a committed id with the same exact key, and the committed ids sharing a bucket."""
-        import ray
-
-        answers = ray.get([
+        answers = self._get([
             shard.candidates.remote(signatures.band_keys[:, bands], signatures.exact_keys)
             for shard, bands in zip(self._shards, self._bands_of_shard)
         ])
@@ -393,12 +405,10 @@ class Dedup(Filter):
         return exact_hits, candidates
 
     def _fetch_shingles(self, ids: set[str]) -> dict[str, np.ndarray]:
-        import ray
-
         wanted: list[list[str]] = [[] for _ in self._shards]
         for record_id in ids:
             wanted[self._owner_shard(record_id)].append(record_id)
-        answers = ray.get([shard.shingles_of.remote(w) for shard, w in zip(self._shards, wanted)])
+        answers = self._get([shard.shingles_of.remote(w) for shard, w in zip(self._shards, wanted)])
         return {
             record_id: np.frombuffer(blob, dtype=np.uint32)
             for shard_ids, blobs in zip(wanted, answers)
@@ -406,14 +416,22 @@ class Dedup(Filter):
         }
 
     def _insert(self, ids: list[str], signatures: Signatures) -> None:
-        import ray
-
         if not ids:
             return
         owned: list[dict[str, bytes]] = [{} for _ in self._shards]
         for record_id, shingles in zip(ids, signatures.shingles):
             owned[self._owner_shard(record_id)][record_id] = shingles.tobytes()
-        ray.get([
+        self._get([
             shard.insert.remote(ids, signatures.band_keys[:, bands], signatures.exact_keys, owned[s])
             for s, (shard, bands) in enumerate(zip(self._shards, self._bands_of_shard))
         ])
+
+    def _get(self, calls: list) -> list:
+        """The index actors' answers; a dead or silent actor means the index is lost."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        try:
+            return ray.get(calls, timeout=self.config.index_timeout_s)
+        except (RayActorError, GetTimeoutError) as exc:
+            raise StateLost(f"dedup index actor unavailable: {type(exc).__name__}") from exc

@@ -50,6 +50,8 @@ def run(spec: SpecArg, set_: SetOpt = None, address: AddressOpt = None,
 
 
 def _run(spec, address: str | None, progress: bool | None) -> None:
+    from cluster.engine import EngineUnavailable, ResourcesUnavailable
+    from gen.errors import RunStopped
     from gen.run import run as run_spec
     from gen.seeds import SeedError
     from gen.sink import OutputError
@@ -57,8 +59,13 @@ def _run(spec, address: str | None, progress: bool | None) -> None:
     _setup_logging()
     try:
         manifest = run_spec(spec, address=address, progress=progress)
-    except (SeedError, OutputError) as exc:
+    except (SeedError, OutputError, ResourcesUnavailable) as exc:
         _fail(str(exc))
+    except (RunStopped, EngineUnavailable) as exc:
+        typer.secho(f"run stopped: {exc}", fg=typer.colors.RED, err=True)
+        typer.secho(f"committed work is intact in {spec.output.dir}; the same command resumes it",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=getattr(exc, "exit_code", 1)) from None
     totals, this_run = manifest["totals"], manifest["this_run"]
     typer.echo(
         f"{totals['kept']} kept, {totals['rejected']} rejected records in {spec.output.dir} "

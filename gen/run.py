@@ -8,6 +8,10 @@ buffer; every ``rows_per_shard`` records or ``commit_interval_s`` seconds the bu
 the filter chain, in commit order, and is committed as one shard of kept and one of rejected
 records. Killing the driver at any moment loses only uncommitted items, and the next run into the
 same directory does exactly those.
+
+How each kind of failure is met is in :mod:`gen.errors`: a record's problem is a reject, an
+infrastructure failure is retried where it happens, anything else stops the run at once with
+the first error shown, and a run that stops always commits what was complete first.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import importlib.metadata
 import logging
 import platform
+import signal
 import time
 import traceback
 from collections import Counter
@@ -25,18 +30,21 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from filters import FilterChain, build_chain
+from gen.errors import CommitFailed, ConfigurationError, Interrupted, RunStopped, TooManyStageErrors
 from gen.progress import Progress
 from gen.records import DROP_KEY, Record, drop, is_dropped
 from gen.seeds import SeedReader
 from gen.sink import ShardSink
 from gen.spec import Spec
-from gen.stages import STAGES, SourceStage, Stage, StageContext, build_stage
+from gen.stages import STAGES, SourceStage, Stage, StageContext, WorkItem, build_stage
 from gen.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 
 if TYPE_CHECKING:
     from cluster.engine import EnginePool
 
 log = logging.getLogger(__name__)
+
+STAGE_ERROR = "stage_error"  # the reject reason of a work item whose stage code raised
 
 NO_ENGINE_CONCURRENCY = 256  # stages without a model (template, or none) are CPU-bound in the driver
 
@@ -50,46 +58,56 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
 
     ``engine``: replicas already started for ``spec.model`` (a notebook or a test running several
     specs on one model); they are left running. By default the run starts and stops its own.
+    Raises a :class:`gen.errors.RunStopped` when the run ends early; the manifest is written then too.
     """
     from cluster.ray_cluster import connect
 
     started = time.monotonic()
     sink = ShardSink.open(spec.output.dir, spec.identity(), spec.output.compression)
-    owned_engine = chain = None
+    owned_engine = chain = session = seeds = None
+    owns_ray = False
     try:
         seeds = SeedReader(**spec.seeds.model_dump()) if spec.seeds else None
         seed_records = list(seeds) if seeds else []
-        connect(address)
+        owns_ray = connect(address)
         if engine is None and any(STAGES[type(c)].uses_llm for c in spec.stages):
             engine = owned_engine = start_engine(spec)
         engine_ready = time.monotonic()
         ctx = StageContext(engine=engine, model=spec.model.name, sampling=spec.sampling,
                            prompt_overrides=spec.prompts)
         stages = [build_stage(config, ctx) for config in spec.stages]
-        chain = build_chain(spec.filters)
-        if chain.filters and sink.committed.entries:  # resuming: stateful filters reload their state
-            chain.observe_committed(sink.committed.records(kinds=("data",)))
+        chain = build_chain(spec.filters, committed=lambda: sink.committed.records(kinds=("data",)))
+        if any(f.stateful for f in chain.filters) and sink.committed.entries:
+            chain.observe_committed(sink.committed.records(kinds=("data",)))  # resuming
         session = _Session(sink, chain, stages, spec,
                            concurrency=engine.capacity if engine else NO_ENGINE_CONCURRENCY)
         served_before = _served(engine)
-        asyncio.run(session.run(seed_records, Progress.create(progress)))
-        finished = time.monotonic()
-        served = [after - before for after, before in zip(_served(engine), served_before)]
-        manifest = _manifest(spec, sink, seeds, session, served, started, engine_ready, finished)
-        sink.write_manifest(manifest)
+        try:
+            asyncio.run(session.run(seed_records, Progress.create(progress)))
+        finally:
+            finished = time.monotonic()
+            served = [after - before for after, before in zip(_served(engine), served_before)]
+            manifest = _manifest(spec, sink, seeds, session, served, started, engine_ready, finished)
+            sink.write_manifest(manifest)
         return manifest
     finally:
         if chain is not None:
             chain.close()  # the dedup index actors must not outlive the run on a shared cluster
         if owned_engine is not None:
             owned_engine.shutdown()
+        if owns_ray:
+            import ray
+
+            # An embedded cluster stops with all its processes (raylet, GCS, dashboard and
+            # runtime-env agents), which would otherwise outlive a driver stopped by a signal.
+            ray.shutdown()
         sink.close()
 
 
 def start_engine(spec: Spec):
-    from cluster.engine import start_replicas
+    from cluster.engine import EngineLimits, start_replicas
 
-    model = spec.model
+    model, failures = spec.model, spec.failures
     path = str(ensure_tiny_model()) if model.name == TINY_MODEL_NAME else model.name
     engine_args: dict[str, Any] = {
         "model": path,
@@ -103,8 +121,10 @@ def start_engine(spec: Spec):
            if model.gpu_memory_utilization else {}),
         **model.engine_args,
     }
+    limits = EngineLimits(request_attempts=failures.request_attempts, replica_restarts=failures.replica_restarts,
+                          stall_timeout_s=failures.stall_timeout_s, startup_timeout_s=failures.startup_timeout_s)
     return start_replicas(engine_args, model.replicas, model.tensor_parallel_size,
-                          model.max_in_flight_per_replica)
+                          model.max_in_flight_per_replica, limits)
 
 
 @dataclass
@@ -117,10 +137,22 @@ class _Session:
     spec: Spec
     concurrency: int  # work items in flight: enough to keep every replica's batch full
     stage_errors: int = 0
+    items_finished: int = 0
+    resumed_shards: int = 0
+    outcome: str = "running"
     _buffer: list[tuple[str, list[Record]]] = field(default_factory=list)
     _buffered_rows: int = 0
     _committing: asyncio.Lock = field(default_factory=asyncio.Lock)
-    resumed_shards: int = 0
+    _room: asyncio.Event = field(default_factory=asyncio.Event)  # set while the buffer has room
+    _interrupt: asyncio.Event = field(default_factory=asyncio.Event)
+    _abandon: asyncio.Event = field(default_factory=asyncio.Event)  # a second signal: stop waiting
+    _signal: int = 0
+    _feeder: asyncio.Task | None = None
+
+    @property
+    def max_buffered_rows(self) -> int:
+        """Intake waits above this, so a slow commit (filters, storage) bounds the driver's memory."""
+        return 2 * self.spec.output.rows_per_shard
 
     async def run(self, seeds: list[Record], progress: Progress) -> None:
         done = self.sink.committed
@@ -128,44 +160,118 @@ class _Session:
         source = self.stages[0] if self.stages and isinstance(self.stages[0], SourceStage) else None
         map_stages = self.stages[1:] if source else self.stages
         if source:
-            items: AsyncIterator[Record] = source.generate(seeds, done)
+            items: AsyncIterator[WorkItem] = source.generate(seeds, done)
             # a source's work items include its rejects, so their number is not known in advance
             total, already = None, len(done.keys)
         else:
             committed = done.keys
-            todo = [s for s in seeds if s["work_key"] not in committed]
+            todo = [[s] for s in seeds if s["work_key"] not in committed]
             items = _aiter(todo)
             total, already = len(seeds), len(seeds) - len(todo)
         progress.start(total=total, done=already)
-        slots = asyncio.Semaphore(self.concurrency)
-        running: set[asyncio.Task] = set()
+        self._room.set()
+        with _signals_to(self._on_signal):
+            try:
+                await self._work(items, map_stages, progress)
+                self.outcome = "complete"
+            except BaseException as exc:
+                self.outcome = "interrupted" if isinstance(exc, Interrupted) else "failed"
+                raise
+            finally:
+                progress.close()
 
-        async def one(item: Record) -> None:
+    async def _work(self, items: AsyncIterator[WorkItem], map_stages: list[Stage], progress: Progress) -> None:
+        """Feed work items to the stages, commit as they finish; on any failure commit what is
+        complete (unless committing is what failed) and raise the first error."""
+        working: set[asyncio.Task] = set()
+        stop_committer = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as group:
+                # A failing commit, like a failing work item, cancels everything else at once.
+                group.create_task(self._commit_periodically(stop_committer))
+                self._feeder = group.create_task(self._feed(items, map_stages, progress, group, working))
+                await asyncio.wait([self._feeder])
+                await self._drain(working)
+                stop_committer.set()
+        except BaseExceptionGroup as group_error:
+            first = group_error.exceptions[0]
+            if not isinstance(first, CommitFailed):
+                # What finished before the error is kept, except work items that met an error in
+                # stage code: the run stops because of such errors, so they are made again on resume.
+                self._buffer = [(key, records) for key, records in self._buffer
+                                if not any(r[DROP_KEY]["reason"] == STAGE_ERROR for r in records if is_dropped(r))]
+                try:
+                    await self._commit(force=True)
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    log.exception("could not commit the finished work items after the error below")
+            raise first from None
+        await self._commit(force=True)
+        if self._interrupt.is_set():
+            raise Interrupted(
+                f"stopped by {signal.Signals(self._signal).name}: {len(self.sink.committed.keys):,} work "
+                "items are committed; run the same command again to resume", self._signal)
+
+    async def _feed(self, items: AsyncIterator[WorkItem], map_stages: list[Stage], progress: Progress,
+                    group: asyncio.TaskGroup, working: set[asyncio.Task]) -> None:
+        """Start work items while there are free slots and room in the commit buffer."""
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def one(item: WorkItem) -> None:
             try:
                 records = await self._through(map_stages, item)
-                self._buffer.append((item["work_key"], records))
+                self._buffer.append((item[0]["work_key"], records))
                 self._buffered_rows += len(records)
+                if self._buffered_rows >= self.max_buffered_rows:
+                    self._room.clear()
+                self.items_finished += 1
                 progress.advance(1, sum(r.get("completion_tokens") or 0 for r in records))
             finally:
                 slots.release()
 
-        # The committer is stopped, never cancelled: a cancelled await would leave its commit
-        # thread running beside the final commit below.
-        stop = asyncio.Event()
-        committer = asyncio.create_task(self._commit_periodically(stop))
         try:
             async for item in items:
                 await slots.acquire()
-                task = asyncio.create_task(one(item))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            while running:
-                await asyncio.gather(*running)
+                await self._room.wait()
+                task = group.create_task(one(item))
+                working.add(task)
+                task.add_done_callback(working.discard)
         finally:
-            stop.set()
-            await committer
-        await self._commit(force=True)
-        progress.close()
+            await items.aclose()  # a source stage cancels the requests it has in flight
+
+    async def _drain(self, working: set[asyncio.Task]) -> None:
+        """Wait for the work items in flight, or, after a signal, give them the grace period."""
+        interrupt = asyncio.ensure_future(self._interrupt.wait())
+        try:
+            while working and not self._interrupt.is_set():
+                await asyncio.wait([*working, interrupt], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupt.cancel()
+        if self._interrupt.is_set():
+            await self._finish_in_grace(working)
+
+    async def _finish_in_grace(self, working: set[asyncio.Task]) -> None:
+        """After a signal: let work in flight finish for up to ``grace_period_s`` (a second signal
+        ends the wait), then abandon the rest; it is redone on resume."""
+        if working and not self._abandon.is_set():
+            log.warning("stopping: %d work item(s) in flight get %.0f s to finish (signal again to stop now)",
+                        len(working), self.spec.failures.grace_period_s)
+            finished = asyncio.ensure_future(asyncio.wait(working))
+            abandon = asyncio.ensure_future(self._abandon.wait())
+            await asyncio.wait([finished, abandon], timeout=self.spec.failures.grace_period_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+            abandon.cancel()
+        for task in working:
+            task.cancel()
+
+    def _on_signal(self, number: int) -> None:
+        if self._interrupt.is_set():
+            self._abandon.set()
+            return
+        self._signal = number
+        self._interrupt.set()
+        if self._feeder is not None:
+            self._feeder.cancel()  # no new work; also wakes an intake waiting for a slot or room
 
     async def _commit_periodically(self, stop: asyncio.Event) -> None:
         last = time.monotonic()
@@ -179,12 +285,10 @@ class _Session:
                 await self._commit(force=interval_due)
                 last = time.monotonic()
 
-    async def _through(self, stages: list[Stage], item: Record) -> list[Record]:
+    async def _through(self, stages: list[Stage], item: WorkItem) -> list[Record]:
         """All records one work item becomes: the survivors of the last stage and every drop."""
-        if is_dropped(item):  # a source stage's reject: committed as it is, not worked on
-            return [item]
-        finished: list[Record] = []
-        current = [item]
+        finished = [record for record in item if is_dropped(record)]  # a source stage's rejects
+        current = [record for record in item if not is_dropped(record)]
         for stage in stages:
             results = await asyncio.gather(*(self._process(stage, r) for r in current))
             current = []
@@ -193,18 +297,28 @@ class _Session:
         return finished + current
 
     async def _process(self, stage: Stage, record: Record) -> list[Record]:
+        from jinja2 import TemplateError
+
+        from cluster.engine import EngineUnavailable
+
         try:
             return await stage.process(record)
+        except (EngineUnavailable, RunStopped):
+            raise
+        except TemplateError as exc:  # a prompt file's mistake: every record would fail alike
+            raise ConfigurationError(f"stage {stage.name}: prompt template error: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - one bad record must not kill the run
-            from ray.exceptions import RayActorError
-
-            if isinstance(exc, RayActorError):
-                raise  # a dead engine is not a per-record problem
             self.stage_errors += 1
-            if self.stage_errors <= 3:
-                log.error("stage %s failed on record %s:\n%s", stage.name, record.get("id"),
-                          traceback.format_exc())
-            return [drop(dict(record), stage.name, "stage_error", error=repr(exc))]
+            if self.stage_errors == 1:
+                log.error("stage %s failed on record %s:\n%s", stage.name, record.get("id"), traceback.format_exc())
+            failures = self.spec.failures
+            if (self.stage_errors >= failures.min_stage_errors
+                    and self.stage_errors > failures.max_stage_error_rate * max(self.items_finished, 1)):
+                raise TooManyStageErrors(
+                    f"stage {stage.name} raised on {self.stage_errors} of {self.items_finished + 1} work items "
+                    f"(over failures.max_stage_error_rate {failures.max_stage_error_rate:g}); the first "
+                    f"error is logged above; last: {exc!r}") from exc
+            return [drop(dict(record), stage.name, STAGE_ERROR, error=repr(exc))]
 
     async def _commit(self, force: bool) -> None:
         """Commit buffered work items as shards of about ``rows_per_shard`` records.
@@ -221,9 +335,17 @@ class _Session:
                     size += 1
                 if rows < self.spec.output.rows_per_shard and not force:
                     return
-                batch, self._buffer = self._buffer[:size], self._buffer[size:]
+                batch = self._buffer[:size]
+                try:
+                    await asyncio.to_thread(self._filter_and_commit, batch)
+                except OSError as exc:
+                    raise CommitFailed(f"output.dir {self.sink.root}: a commit failed ({exc}); generation "
+                                       "stopped. Committed work is intact: free the space or fix the "
+                                       "directory, then run the same command to resume") from exc
+                del self._buffer[:size]
                 self._buffered_rows -= rows
-                await asyncio.to_thread(self._filter_and_commit, batch)
+                if self._buffered_rows < self.max_buffered_rows:
+                    self._room.set()
 
     def _filter_and_commit(self, batch: list[tuple[str, list[Record]]]) -> None:
         records = [r for _, group in batch for r in group]
@@ -238,20 +360,47 @@ class _Session:
                          {name: dict(c) for name, c in drop_counts.items()})
 
 
-async def _aiter(items: Iterable[Record]) -> AsyncIterator[Record]:
+class _signals_to:
+    """SIGINT and SIGTERM call ``handler(signal_number)`` in the running loop, instead of killing
+    the driver mid-commit (``ray job stop``, a preemption notice, Ctrl-C)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __enter__(self):
+        self.loop = asyncio.get_running_loop()
+        self.installed = []
+        for number in self.SIGNALS:
+            try:
+                self.loop.add_signal_handler(number, self.handler, number)
+                self.installed.append(number)
+            except (ValueError, RuntimeError):  # not the main thread (a notebook, a test thread)
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for number in self.installed:
+            self.loop.remove_signal_handler(number)
+
+
+async def _aiter(items: Iterable[WorkItem]) -> AsyncIterator[WorkItem]:
     for item in items:
         yield item
 
 
-def _served(engine: EnginePool | None) -> tuple[int, int]:
-    """(prompt, completion) tokens the replicas have served so far: the run's true token count."""
-    return (engine.prompt_tokens, engine.completion_tokens) if engine else (0, 0)
+def _served(engine: EnginePool | None) -> tuple[int, int, int]:
+    """(prompt, completion) tokens the replicas have served so far, the run's true token count,
+    and the requests sent again because a replica was lost."""
+    return (engine.prompt_tokens, engine.completion_tokens, engine.infrastructure_failures) if engine else (0, 0, 0)
 
 
 def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _Session,
               served: list[int], started: float, engine_ready: float, finished: float) -> dict[str, Any]:
     generation_s = max(finished - engine_ready, 1e-9)
     return {
+        "status": session.outcome,
         "created_at": datetime.now(UTC).isoformat(),
         "spec": spec.model_dump(mode="json"),
         "versions": _versions(),
@@ -267,6 +416,7 @@ def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _S
             "completion_tokens": served[1],
             "tokens_per_s": round(served[1] / generation_s, 1),
             "stage_errors": session.stage_errors,
+            "infrastructure_failures": served[2],
             "resumed_from_shards": session.resumed_shards,
         },
     }

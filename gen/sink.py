@@ -8,11 +8,15 @@ Layout of ``DIR``::
                                   items it completes, its token counts and drop reasons
     spec.json                     the resolved spec the directory was started with
     manifest.json                 written at the end of every run: all shards and the totals
+    _quarantine/                  commits whose shards were found damaged, set aside on resume
 
 A commit writes its shards under temporary names, then its journal entry (the commit point, an
 atomic rename), then renames the shards. After a crash, :meth:`ShardSink.open` finishes the
 renames of committed entries and deletes everything uncommitted, so each work item is either
-wholly in the output or wholly absent: a resumed run redoes exactly the missing ones.
+wholly in the output or wholly absent: a resumed run redoes exactly the missing ones. A committed
+shard found damaged (truncated by a full disk or a bad copy: its size differs from the journal's,
+or it has no Parquet footer) takes its whole commit out of the output, into ``_quarantine/``,
+so the resumed run makes those work items again.
 
 One run at a time: the directory is locked with ``flock`` for the life of the run.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -32,6 +37,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from gen.records import Record, to_table
+
+log = logging.getLogger(__name__)
 
 
 class OutputError(RuntimeError):
@@ -114,19 +121,31 @@ class ShardSink:
             _atomic_write(path, json.dumps(identity, indent=2, sort_keys=True))
 
     def _recover(self) -> None:
-        referenced = set()
         for journal in sorted((self.root / "_commits").glob("*.json")):
             entry = json.loads(journal.read_text())
-            for kind in ("data", "rejected"):
-                if entry.get(kind):
-                    final = self.root / entry[kind]
-                    referenced.add(final)
-                    if not final.exists():
-                        os.replace(_tmp_name(final), final)  # crashed between commit and rename
+            shards = [self.root / entry[kind] for kind in ("data", "rejected") if entry.get(kind)]
+            for final in shards:
+                if not final.exists() and _tmp_name(final).exists():
+                    os.replace(_tmp_name(final), final)  # crashed between commit and rename
+            damage = {f: reason for f in shards
+                      if (reason := _damage(f, entry["files"][str(f.relative_to(self.root))]))}
+            if damage:
+                self._quarantine(journal, shards, damage)
+                continue
             self.committed.entries.append(entry)
         for sub in ("data", "rejected", "_commits"):
             for leftover in (self.root / sub).glob(".*.tmp"):
                 leftover.unlink()  # written by a run that died before committing it
+
+    def _quarantine(self, journal: Path, shards: list[Path], damage: dict[Path, str]) -> None:
+        """Set a commit with a damaged shard aside: its work items are made again."""
+        place = self.root / "_quarantine" / journal.stem
+        place.mkdir(parents=True, exist_ok=True)
+        for path in [journal, *shards]:
+            if path.exists():
+                os.replace(path, place / f"{path.parent.name}-{path.name}")
+        log.warning("output.dir %s: damaged shard (%s); commit %s moved to %s, its work items will be made again",
+                    self.root, "; ".join(damage.values()), journal.stem, place)
 
     @property
     def next_shard(self) -> int:
@@ -158,7 +177,8 @@ class ShardSink:
                            compression=self.compression)
             _fsync(tmp)
             entry[kind] = str(final.relative_to(self.root))
-            entry["files"][entry[kind]] = {"rows": len(records), "sha256": _sha256(tmp)}
+            entry["files"][entry[kind]] = {"rows": len(records), "bytes": tmp.stat().st_size,
+                                           "sha256": _sha256(tmp)}
             staged.append((tmp, final))
         _atomic_write(self.root / "_commits" / f"{shard:05d}.json", json.dumps(entry))
         for tmp, final in staged:
@@ -196,6 +216,21 @@ class ShardSink:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+
+
+def _damage(path: Path, info: dict[str, Any]) -> str | None:
+    """Why a committed shard cannot be trusted, or None. Cheap on purpose (a resume of a large
+    output must not re-read it): its size against the journal's, and Parquet's footer magic."""
+    if not path.exists():
+        return f"{path.name} is missing"
+    size = path.stat().st_size
+    if "bytes" in info and size != info["bytes"]:
+        return f"{path.name} has {size} bytes, the journal says {info['bytes']}"
+    with open(path, "rb") as f:
+        f.seek(max(size - 4, 0))
+        if f.read(4) != b"PAR1":
+            return f"{path.name} has no Parquet footer"
+    return None
 
 
 def _tmp_name(final: Path) -> Path:

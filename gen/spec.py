@@ -68,6 +68,29 @@ class OutputSpec(_Section):
     """Commit a (smaller) shard at least this often, so a crash loses little work."""
 
 
+class FailuresSpec(_Section):
+    """How a run meets failures. None of it changes what a run makes (not part of its identity)."""
+
+    request_attempts: int = Field(4, ge=1)
+    """Replicas one engine request is tried on before the run stops (a lost replica is never a
+    record's fault: its requests go to a healthy replica and nothing is rejected for it)."""
+    replica_restarts: int = Field(10, ge=0)
+    """Times Ray restarts each replica (a dead engine, an OOM, a lost node) over the run."""
+    stall_timeout_s: float = Field(600.0, gt=0)
+    """A replica that holds requests and finishes none for this long is hung: it is killed and
+    restarted, its requests sent elsewhere. Well above the longest single generation."""
+    startup_timeout_s: float = Field(1800.0, gt=0)
+    """How long the engines may take to be placed and loaded (a large model, a busy cluster)."""
+    max_stage_error_rate: float = Field(0.05, ge=0, le=1)
+    """An unexpected error in a stage's code rejects that work item as ``stage_error``; once at
+    least ``min_stage_errors`` happened and they exceed this share of finished work items, the
+    bug is not one record's: the run stops."""
+    min_stage_errors: int = Field(10, ge=1)
+    grace_period_s: float = Field(30.0, ge=0)
+    """On SIGINT/SIGTERM: how long work in flight may still finish before what is complete is
+    committed and the run exits (a second signal skips the wait)."""
+
+
 class Spec(_Section):
     seeds: SeedsSpec | None = None
     """Required unless the first stage makes its own work items from nothing (``magpie``)."""
@@ -80,6 +103,7 @@ class Spec(_Section):
     """Prompt template overrides: name (a file of ``gen/prompts/`` without ``.j2``) -> a Jinja
     file, relative to the spec file."""
     output: OutputSpec
+    failures: FailuresSpec = FailuresSpec()
 
     @model_validator(mode="after")
     def _seeds_when_needed(self) -> Spec:
@@ -102,7 +126,8 @@ class Spec(_Section):
     def identity(self) -> dict[str, Any]:
         """What decides the records of a run: two runs into one output dir must agree on it."""
         return self.model_dump(mode="json", exclude={"output": {"dir", "commit_interval_s"},
-                                                     "model": {"replicas", "max_in_flight_per_replica"}})
+                                                     "model": {"replicas", "max_in_flight_per_replica"},
+                                                     "failures": True})
 
 
 class SpecError(ValueError):

@@ -21,7 +21,9 @@ def ray_session():
 
     from cluster.ray_cluster import connect
 
-    connect(None, num_cpus=2)
+    # Logical CPUs: a replica takes one, and the session's shared replica, the fault tests' own
+    # and the runs they start as subprocesses must fit side by side.
+    connect(None, num_cpus=4)
     yield
     ray.shutdown()
 

@@ -26,10 +26,10 @@ class ScriptedEngine:
         self.chat_template = None
         self.prompts: list[object] = []
 
-    async def complete(self, prompt: str, sampling: dict) -> list[Completion]:
+    async def complete(self, prompt: str, sampling: dict, key: str) -> list[Completion]:
         return await self._answer(prompt)
 
-    async def chat(self, messages: list[dict[str, str]], sampling: dict) -> list[Completion]:
+    async def chat(self, messages: list[dict[str, str]], sampling: dict, key: str) -> list[Completion]:
         return await self._answer(messages)
 
     async def _answer(self, prompt) -> list[Completion]:
@@ -56,5 +56,6 @@ def context(engine, **sampling) -> StageContext:
     return StageContext(engine=engine, model="scripted", sampling=Sampling(**sampling))
 
 
-async def collect(iterator) -> list[dict]:
-    return [record async for record in iterator]
+async def collect(work_items) -> list[dict]:
+    """The records of a source stage's work items, in order."""
+    return [record async for item in work_items for record in item]

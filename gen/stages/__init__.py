@@ -7,7 +7,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from gen.stages.base import SourceStage, Stage, StageConfig, StageContext
+from gen.stages.base import SourceStage, Stage, StageConfig, StageContext, WorkItem
 from gen.stages.evol_instruct import EvolInstruct, EvolInstructConfig
 from gen.stages.magpie import Magpie, MagpieConfig
 from gen.stages.respond import Respond, RespondConfig
@@ -31,4 +31,5 @@ def build_stage(config: StageConfig, ctx: StageContext) -> Stage:
     return STAGES[type(config)](config, ctx)
 
 
-__all__ = ["STAGES", "SourceStage", "Stage", "StageConfig", "StageContext", "StageSpec", "build_stage"]
+__all__ = ["STAGES", "SourceStage", "Stage", "StageConfig", "StageContext", "StageSpec", "WorkItem",
+           "build_stage"]

@@ -7,7 +7,9 @@ A stage turns records into records. Two kinds:
   rejects (unparseable output, an elimination rule, a prompt too long for the model) is returned
   marked with :func:`gen.records.drop` so it lands in ``rejected/``, never silently lost.
 * :class:`SourceStage` (``self_instruct``, ``magpie``) stands first in a spec and yields new work
-  items from the whole seed set, e.g. a growing instruction pool.
+  items from the whole seed set, e.g. a growing instruction pool. A work item is a list of records
+  sharing one ``work_key`` (a task and all its instances): they are committed together or not at
+  all, so a resumed run never counts half a work item as done.
 
 Stages talk to the model only through ``ctx.engine`` (the run's shared vLLM replicas), so a spec
 with five stages still loads the model once per replica. Everything the run knows that a stage
@@ -32,6 +34,10 @@ from gen.sampling import Sampling
 if TYPE_CHECKING:
     from cluster.engine import Completion, EnginePool
     from gen.sink import CommittedWork
+
+
+WorkItem = list[Record]
+"""Records committed together under one ``work_key``: a seed, or what a source stage made at once."""
 
 
 class StageConfig(BaseModel):
@@ -120,8 +126,8 @@ class SourceStage(Stage):
         raise TypeError(f"{self.name} must be the first stage of a spec")
 
     @abstractmethod
-    def generate(self, seeds: list[Record], done: CommittedWork) -> AsyncIterator[Record]:
-        """Yield new work items (each with its own ``work_key``) until the stage's target.
+    def generate(self, seeds: list[Record], done: CommittedWork) -> AsyncIterator[WorkItem]:
+        """Yield new work items (each list with its own ``work_key``) until the stage's target.
 
         ``done`` holds what earlier, interrupted runs into the same output already committed:
         the stage continues from there (a half-built pool is reloaded, not rebuilt).

@@ -121,7 +121,7 @@ class EvolInstruct(Stage):
         template = self.in_breadth if op == "breadth" else self.in_depth
         [rewrite] = await self.ctx.engine.chat(
             [{"role": "user", "content": template.render(instruction=original, op=op)}],
-            {**self.evolve_sampling, "n": 1})
+            {**self.evolve_sampling, "n": 1}, key=f"{parent['id']}/evol{evol_round}/rewrite")
         evolved = clean_evolution(rewrite.text)
 
         def made(messages: list[dict[str, str]], completion=rewrite, **metadata) -> Record:
@@ -141,7 +141,8 @@ class EvolInstruct(Stage):
         if evolved == original.strip():
             return drop(made(question), self.name, "no_information_gain", judged_by="identical_text")
 
-        [response] = await self.ctx.engine.chat(question, {**self.sampling, "n": 1})
+        [response] = await self.ctx.engine.chat(question, {**self.sampling, "n": 1},
+                                                 key=f"{parent['id']}/evol{evol_round}/answer")
         answered = [*question, {"role": "assistant", "content": response.text}]
         if reason := failure(response):
             return drop(made(answered, response), self.name, reason, detail=response.error)
@@ -152,7 +153,7 @@ class EvolInstruct(Stage):
         if self.config.check_equality and op != "breadth":  # a breadth rewrite is new by design
             [judgement] = await self.ctx.engine.chat(
                 [{"role": "user", "content": self.equality.render(first=original, second=evolved)}],
-                {**self.judge_sampling, "n": 1})
+                {**self.judge_sampling, "n": 1}, key=f"{parent['id']}/evol{evol_round}/judge")
             if parse_equality(judgement.text):
                 return drop(made(answered, response), self.name, "no_information_gain",
                             judged_by="model", judgement=judgement.text.strip())

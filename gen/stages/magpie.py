@@ -21,7 +21,7 @@ from pydantic import Field
 
 from gen.records import Record, content_id, drop
 from gen.sampling import Sampling
-from gen.stages.base import SourceStage, StageConfig, StageContext
+from gen.stages.base import SourceStage, StageConfig, StageContext, WorkItem
 from gen.stages.common import failure, layered_sampling
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class Magpie(SourceStage):
                 "to continue into an instruction. Use a chat model, or set the stage's pre_query to "
                 "the text that opens a user turn for this model.")
 
-    async def generate(self, seeds: list[Record], done: CommittedWork) -> AsyncIterator[Record]:
+    async def generate(self, seeds: list[Record], done: CommittedWork) -> AsyncIterator[WorkItem]:
         committed = done.keys
         todo = (n for n in range(self.config.target) if f"{self.name}/{n}" not in committed)
         running: set[asyncio.Task] = set()
@@ -77,7 +77,7 @@ class Magpie(SourceStage):
                     return
                 finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
-                    yield task.result()
+                    yield [task.result()]
         finally:
             for task in running:
                 task.cancel()
@@ -85,7 +85,8 @@ class Magpie(SourceStage):
     async def make(self, n: int) -> Record:
         item = {"id": content_id(self.name, n), "work_key": f"{self.name}/{n}", "seed_id": None,
                 "method": None, "metadata": {}}
-        [written] = await self.ctx.engine.complete(self.pre_query, {**self.instruction_sampling, "n": 1})
+        [written] = await self.ctx.engine.complete(self.pre_query, {**self.instruction_sampling, "n": 1},
+                                                   key=f"{item['work_key']}/instruction")
         instruction = written.text.strip()
         asked = [{"role": "user", "content": instruction}]
 
@@ -101,7 +102,7 @@ class Magpie(SourceStage):
             return drop(made(asked, written), self.name, "truncated_instruction")
         if not instruction:
             return drop(made(asked, written), self.name, "empty_instruction")
-        [answer] = await self.ctx.engine.chat(asked, {**self.sampling, "n": 1})
+        [answer] = await self.ctx.engine.chat(asked, {**self.sampling, "n": 1}, key=f"{item['work_key']}/response")
         answered = [*asked, {"role": "assistant", "content": answer.text}]
         if reason := failure(answer):
             return drop(made(answered, answer), self.name, reason, detail=answer.error)

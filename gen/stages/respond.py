@@ -39,7 +39,7 @@ class Respond(Stage):
         prompt = conversation
         if self.config.system_prompt:
             prompt = [{"role": "system", "content": self.config.system_prompt}, *conversation]
-        completions = await self.ctx.engine.chat(prompt, self.sampling)
+        completions = await self.ctx.engine.chat(prompt, self.sampling, key=f"{record['id']}/{self.name}")
         out = []
         for index, completion in enumerate(completions):
             answered = conversation + [{"role": "assistant", "content": completion.text}]

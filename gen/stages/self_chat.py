@@ -83,7 +83,8 @@ class SelfChat(Stage):
             else:
                 prompt = self.user_template.render(topic=topic, persona=persona, conversation=conversation)
                 [last] = await self.ctx.engine.chat([{"role": "user", "content": prompt}],
-                                                    {**self.user_sampling, "n": 1})
+                                                    {**self.user_sampling, "n": 1},
+                                                    key=f"{record['id']}/{self.name}/{turn}/user")
                 if reason := failure(last):
                     return [self.finish(record, conversation, last, topic, persona, ended_by, truncated_turns,
                                         drop_reason=reason)]
@@ -95,7 +96,8 @@ class SelfChat(Stage):
             conversation.append({"role": "user", "content": message})
             system = ([{"role": "system", "content": self.config.assistant_system_prompt}]
                       if self.config.assistant_system_prompt else [])
-            [last] = await self.ctx.engine.chat(system + conversation, {**self.sampling, "n": 1})
+            [last] = await self.ctx.engine.chat(system + conversation, {**self.sampling, "n": 1},
+                                                key=f"{record['id']}/{self.name}/{turn}/assistant")
             if reason := failure(last):
                 return [self.finish(record, conversation, last, topic, persona, ended_by, truncated_turns,
                                     drop_reason=reason)]

@@ -37,7 +37,7 @@ from filters.quality import InstructionRules, InstructionRulesConfig
 from gen.novelty import DEFAULT_THRESHOLD, NoveltyIndex
 from gen.records import Record, content_id, drop
 from gen.sampling import Sampling
-from gen.stages.base import SourceStage, StageConfig, StageContext
+from gen.stages.base import SourceStage, StageConfig, StageContext, WorkItem
 from gen.stages.common import failure, layered_sampling
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ class SelfInstruct(SourceStage):
 
     # ------------------------------------------------------------------ the bootstrap loop
 
-    async def generate(self, seeds: list[Record], done: CommittedWork) -> AsyncIterator[Record]:
+    async def generate(self, seeds: list[Record], done: CommittedWork) -> AsyncIterator[WorkItem]:
         pool = self.restore_pool(seeds, done)
         lists: set[asyncio.Task] = set()
         instance_jobs: set[asyncio.Task] = set()
@@ -200,15 +200,14 @@ class SelfInstruct(SourceStage):
                 for task in finished:
                     if task in instance_jobs:
                         instance_jobs.discard(task)
-                        for record in task.result():
-                            yield record
+                        yield task.result()  # a task and all its instances: one work item
                         continue
                     lists.discard(task)
                     for record in self.judge_list(pool, task.result()):
                         if self.config.instances and "machine_instruction" in record["metadata"]:
                             instance_jobs.add(asyncio.create_task(self.make_instances(pool, record)))
                         else:
-                            yield record
+                            yield [record]
                 if len(pool.machine) >= self.config.target:
                     for task in lists:  # the pool is full: what is still in flight is surplus
                         task.cancel()
@@ -269,7 +268,8 @@ class SelfInstruct(SourceStage):
             instructions=[re.sub(r"\s+", " ", text).strip().rstrip(":") for text in shown],
             classification=self.config.classification,
         )
-        [completion] = await self.ctx.engine.complete(prompt, {**self.sampling, "n": 1})
+        [completion] = await self.ctx.engine.complete(prompt, {**self.sampling, "n": 1},
+                                                       key=f"{self.name}/list/{request}")
         return ListReply(request, machine, completion)
 
     def judge_list(self, pool: BootstrapPool, reply: ListReply) -> list[Record]:
@@ -331,13 +331,14 @@ class SelfInstruct(SourceStage):
         examples = [task for task in pool.seed_tasks if task["is_classification"] == is_classification]
         prompt = template.render(examples=rng.sample(examples, min(FEW_SHOT_TASKS, len(examples))),
                                  task=instruction)
-        [completion] = await self.ctx.engine.complete(prompt, {**self.instance_sampling, "n": 1})
+        [completion] = await self.ctx.engine.complete(prompt, {**self.instance_sampling, "n": 1},
+                                                       key=f"{record['id']}/instances")
 
         def instance_record(index: int, messages: list[dict[str, str]], **metadata) -> Record:
             # The instance is this stage's own product, not a second stage in the chain.
             made = self.derive({**record, "method": None}, messages, index=index, completion=completion, template=template,
                                sampling=self.instance_sampling, **metadata)
-            made["work_key"] = f"{self.name}/{made['id']}"
+            made["work_key"] = record["work_key"]  # the task's: its instances commit with it
             return made
 
         question = [{"role": "user", "content": instruction}]
@@ -364,5 +365,6 @@ class SelfInstruct(SourceStage):
             examples += rng.sample(group, min(FEW_SHOT_TASKS, len(group)))
         rng.shuffle(examples)
         prompt = self.question_template.render(examples=examples, task=instruction)
-        [completion] = await self.ctx.engine.complete(prompt, {**self.question_sampling, "n": 1})
+        [completion] = await self.ctx.engine.complete(prompt, {**self.question_sampling, "n": 1},
+                                                       key=f"{self.name}/is_classification/{instruction}")
         return completion.text.strip().lower().startswith("yes")

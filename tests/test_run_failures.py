@@ -1,0 +1,182 @@
+"""How the run meets each kind of failure: a work item whose task raises stops the run (it is
+never silently missing), stage code that keeps raising stops it, a slow commit bounds the driver's
+memory, a source stage's task commits with all its instances, per-request seeds are derived and
+sent, and a cluster that cannot hold the replicas is refused at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import ray
+from stage_fakes import Committed, ScriptedEngine, completion, context
+
+from cluster.engine import (
+    Completion,
+    EnginePool,
+    EngineUnavailable,
+    ResourcesUnavailable,
+    replica_resources,
+    request_seed,
+    start_replicas,
+)
+from gen.errors import TooManyStageErrors
+from gen.run import _Session, run
+from gen.spec import load_spec
+from gen.stages.self_instruct import SelfInstruct, SelfInstructConfig
+from tests.runs import ids_of, make_spec
+
+
+class FlakyEngine:
+    """The pool's interface, answering at once; ``fail(prompt)`` may raise instead."""
+
+    capacity, max_model_len, user_turn_prefix, chat_template = 16, 1024, None, None
+    prompt_tokens = completion_tokens = infrastructure_failures = 0
+
+    def __init__(self, fail):
+        self.fail = fail
+
+    async def chat(self, messages, sampling, key):
+        await asyncio.sleep(0.001)
+        self.fail(messages[-1]["content"])
+        return [Completion("An answer.", "stop", 5, 3)]
+
+
+def test_a_work_item_whose_task_raises_stops_the_run_and_is_not_committed(tmp_path, engine_pool):
+    """Before: the task was discarded before gather saw it, and the run 'succeeded' without it."""
+    spec_path = make_spec(tmp_path, 60)
+
+    def fail(instruction):
+        if "number 37 " in instruction:
+            raise EngineUnavailable("every replica is gone")
+
+    spec = load_spec(spec_path, [f"output.dir={tmp_path / 'out'}", "filters=[]"])
+    with pytest.raises(EngineUnavailable):
+        run(spec, engine=FlakyEngine(fail), progress=False)
+    committed = ids_of(tmp_path / "out", "data")
+    assert 0 < len(committed) < 60  # what finished before the error is kept
+    resumed = run(spec, engine=engine_pool, progress=False)
+    assert resumed["totals"]["records"] == 60 == len(set(ids_of(tmp_path / "out", "data")))
+    assert resumed["status"] == "complete"
+
+
+def test_stage_code_that_keeps_raising_stops_the_run_and_its_rejects_are_not_committed(tmp_path):
+    spec_path = make_spec(tmp_path, 200)
+    spec = load_spec(spec_path, [f"output.dir={tmp_path / 'out'}", "filters=[]", "output.rows_per_shard=10"])
+
+    def always(instruction):
+        raise KeyError("a bug in stage code")
+
+    with pytest.raises(TooManyStageErrors, match="max_stage_error_rate"):
+        run(spec, engine=FlakyEngine(always), progress=False)
+    assert ids_of(tmp_path / "out", "rejected") == []  # resumed after the fix, they are made again
+
+
+def test_a_rare_stage_error_is_one_reject_and_the_run_completes(tmp_path):
+    spec = load_spec(make_spec(tmp_path, 100), [f"output.dir={tmp_path / 'out'}", "filters=[]"])
+
+    def once(instruction):
+        if "number 5 " in instruction:
+            raise KeyError("one odd record")
+
+    manifest = run(spec, engine=FlakyEngine(once), progress=False)
+    assert manifest["totals"]["dropped"] == {"respond": {"stage_error": 1}}
+    assert manifest["totals"]["kept"] == 99
+
+
+def test_a_slow_commit_makes_intake_wait_so_the_buffer_stays_bounded(tmp_path, engine_pool, monkeypatch):
+    peaks = []
+    original = _Session._filter_and_commit
+
+    def slow_commit(self, batch):
+        peaks.append(self._buffered_rows)
+        time.sleep(0.5)  # a slow filter chain or store
+        original(self, batch)
+
+    monkeypatch.setattr(_Session, "_filter_and_commit", slow_commit)
+    spec = load_spec(make_spec(tmp_path, 400), [f"output.dir={tmp_path / 'out'}", "output.rows_per_shard=20",
+                                                "sampling.max_tokens=8"])
+    manifest = run(spec, engine=engine_pool, progress=False)
+    assert manifest["totals"]["records"] == 400
+    # 2 x rows_per_shard, plus what the work items in flight at that moment brought
+    assert max(peaks) <= 2 * 20 + engine_pool.capacity
+
+
+def test_a_self_instruct_task_and_all_its_instances_are_one_work_item():
+    """Before: each instance was its own work item, so a resume could count a task done while
+    some of its instances were never committed."""
+
+    def reply(prompt):
+        if "Come up with a series of tasks" in prompt:
+            return completion("Name three colors of the rainbow quickly.\n10. Describe how a bicycle "
+                              "gear system works in detail.\n")
+        if "classification" in prompt.lower() and "Can the following task" in prompt:
+            return completion("No")
+        return completion("Example 1\nInput: x\nOutput: red, orange, yellow\nExample 2\nInput: y\n"
+                          "Output: blue, indigo, violet\n")
+
+    stage = SelfInstruct(SelfInstructConfig(target=2), context(ScriptedEngine(reply)))
+    seeds = [{"id": f"s{i}", "work_key": f"s{i}", "metadata": {"seed_instruction": f"Seed task number {i} please."}}
+             for i in range(8)]
+
+    async def items():
+        return [item async for item in stage.generate(seeds, Committed())]
+
+    work_items = asyncio.run(items())
+    with_instances = [item for item in work_items if len(item) > 1]
+    assert with_instances, work_items
+    for item in work_items:
+        assert len({record["work_key"] for record in item}) == 1
+
+
+class RecordingReplica:
+    """A replica that records the sampling each request carries, as vLLM would receive it."""
+
+    def __init__(self):
+        self.received = []
+
+    def info(self):
+        return {"max_model_len": 1024, "user_turn_prefix": "<|im_start|>user\n", "chat_template": None,
+                "on_cpu": False}
+
+    def ping(self):
+        return True
+
+    async def generate(self, prompt, sampling):
+        self.received.append(dict(sampling))
+        text = "What is a good name for a cat?" if isinstance(prompt, str) else "Whiskers."
+        return [Completion(text, "stop", 4, 6)]
+
+    def seen(self):
+        return self.received
+
+
+def test_per_request_seeds_are_distinct_and_reproducible_as_sent_to_the_engine(tmp_path, ray_session):
+    """On GPU vLLM honours a per-request seed: the same seed on every Magpie request (one shared
+    pre-query prompt) would make every instruction the same."""
+    spec_text = "model: {name: sdg/tiny-random-chat}\nsampling: {seed: 0}\nstages: [{type: magpie, target: 12}]\n"
+    (tmp_path / "magpie.yaml").write_text(spec_text + f"output: {{dir: {tmp_path / 'a'}}}\n")
+    sent = []
+    for run_number in range(2):
+        actor = ray.remote(RecordingReplica).remote()
+        pool = EnginePool([actor], ray.get(actor.info.remote()), max_in_flight_per_replica=4)
+        spec = load_spec(tmp_path / "magpie.yaml", [f"output.dir={tmp_path / f'run{run_number}'}"])
+        run(spec, engine=pool, progress=False)
+        sent.append(ray.get(actor.seen.remote()))
+        ray.kill(actor)
+    instruction_seeds = [sorted(s["seed"] for s in received if s["temperature"] == 1.0) for received in sent]
+    assert len(set(instruction_seeds[0])) == 12  # every Magpie instruction request has its own seed
+    assert instruction_seeds[0] == instruction_seeds[1]  # and the same on a rerun
+    assert request_seed(0, "magpie/3/instruction") in instruction_seeds[0]
+
+
+def test_replicas_that_cannot_fit_are_refused_at_once_naming_the_fields(ray_session, tiny_model_path):
+    with pytest.raises(ResourcesUnavailable, match=r"model.replicas \(9\) x model.tensor_parallel_size \(1\)"):
+        start_replicas({"model": str(tiny_model_path)}, replicas=9, tensor_parallel_size=1,
+                       max_in_flight_per_replica=4)
+    # On a GPU cluster (declared resources), each replica asks for its tensor-parallel GPUs.
+    assert replica_resources({"CPU": 8, "GPU": 4}, replicas=2, tensor_parallel_size=2) == {"num_gpus": 2}
+    with pytest.raises(ResourcesUnavailable, match="needs 6 GPUs, the Ray cluster has 4"):
+        replica_resources({"CPU": 8, "GPU": 4}, replicas=3, tensor_parallel_size=2)
+    assert replica_resources({"CPU": 2}, replicas=2, tensor_parallel_size=1) == {"num_cpus": 1}
