@@ -64,6 +64,8 @@ _MATH = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\$[^$\n]+\$", re.DOTALL
 _TABLE_ROW = re.compile(r"^[ \t]*\|.*\|[ \t]*$", re.MULTILINE)
 _URL = re.compile(r"\b(?:https?://|www\.)\S+")
 _HEADING_MARK = re.compile(r"^[ \t]*#{1,6}[ \t]+", re.MULTILINE)
+_MARKUP = ((_FENCED_CODE, ("```", "~~~")), (_MATH, ("$", "\\[", "\\(")), (_INLINE_CODE, ("`",)),
+           (_TABLE_ROW, ("|",)), (_URL, ("http", "www.")), (_HEADING_MARK, ("#",)))
 _LIST_MARK = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+", re.MULTILINE)
 
 
@@ -80,8 +82,9 @@ def without_list_markers(text: str) -> str:
 def prose(text: str) -> str:
     """The prose of a markdown answer: without fenced or inline code, LaTeX math, table rows,
     URLs, heading marks and list markers."""
-    for markup in (_FENCED_CODE, _MATH, _INLINE_CODE, _TABLE_ROW, _URL, _HEADING_MARK):
-        text = markup.sub(" ", text)
+    for markup, marks in _MARKUP:
+        if any(mark in text for mark in marks):  # a regex is tried at every position: ~10x the cost
+            text = markup.sub(" ", text)
     return without_list_markers(text)
 
 
