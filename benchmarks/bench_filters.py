@@ -42,7 +42,9 @@ RESULTS = REPO / "benchmarks" / "results"
 BATCH = 1000
 # Filters whose decisions were changed on purpose, and how: their agreement is reported, not asserted.
 CHANGED = {"dedup": "decides by exact Jaccard since 2be90b4",
-           "language_id": "max_chars 300 shared by instruction and response since 979ef73"}
+           "language_id": "max_chars 300 shared by instruction and response since 979ef73",
+           **{name: "defaults for instruction answers (benchmarks/bench_rules.py)" for name in
+              ("instruction_rules", "response_rules", "gopher_repetition", "gopher_quality")}}
 
 
 def source_texts() -> list[str]:
@@ -128,7 +130,7 @@ def load_filters(root: Path | None) -> SimpleNamespace:
         import filters.langid
         import filters.quality
 
-        package = SimpleNamespace(build_chain=filters.build_chain, decontam=filters.decontam,
+        package = SimpleNamespace(build_chain=filters.build_chain, FilterSpec=filters.FilterSpec, decontam=filters.decontam,
                                   dedup=filters.dedup, langid=filters.langid, quality=filters.quality)
         # Ray would ship the index actor's class by module name, and workers would import this
         # checkout's; by value, each version's actors run their own code.

@@ -56,6 +56,38 @@ def normalize(text: str) -> str:
     return _NOT_WORD.sub(" ", text.lower()).strip()
 
 
+# Markup of instruction answers that is not prose. Web-text ratios (Gopher's) judge prose only:
+# code, math and tables are right to have short or long "words", digits and symbols.
+_FENCED_CODE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n?(.*?)(?:^[ \t]*\1[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
+_MATH = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\$[^$\n]+\$", re.DOTALL)
+_TABLE_ROW = re.compile(r"^[ \t]*\|.*\|[ \t]*$", re.MULTILINE)
+_URL = re.compile(r"\b(?:https?://|www\.)\S+")
+_HEADING_MARK = re.compile(r"^[ \t]*#{1,6}[ \t]+", re.MULTILINE)
+_MARKUP = ((_FENCED_CODE, ("```", "~~~")), (_MATH, ("$", "\\[", "\\(")), (_INLINE_CODE, ("`",)),
+           (_TABLE_ROW, ("|",)), (_URL, ("http", "www.")), (_HEADING_MARK, ("#",)))
+_LIST_MARK = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+", re.MULTILINE)
+
+
+def code_blocks(text: str) -> list[str]:
+    """The contents of the fenced code blocks of a markdown answer (an unclosed one runs to the end)."""
+    return [match.group(2) for match in _FENCED_CODE.finditer(text)]
+
+
+def without_list_markers(text: str) -> str:
+    """``text`` with the bullet or number that starts a list item removed from each line."""
+    return _LIST_MARK.sub("", text)
+
+
+def prose(text: str) -> str:
+    """The prose of a markdown answer: without fenced or inline code, LaTeX math, table rows,
+    URLs, heading marks and list markers."""
+    for markup, marks in _MARKUP:
+        if any(mark in text for mark in marks):  # a regex is tried at every position: ~10x the cost
+            text = markup.sub(" ", text)
+    return without_list_markers(text)
+
+
 PRIME = np.uint64(0x100000001B3)  # odd, so invertible modulo 2**64
 _PRIME_INVERSE = np.uint64(pow(int(PRIME), -1, 1 << 64))
 _powers = np.ones(1, dtype=np.uint64)

@@ -30,7 +30,8 @@ def test_sdg_filter_keeps_and_rejects_everything_and_resumes(tmp_path, sdg_env):
     assert len(kept) + len(rejected) == len(ROWS)
     reasons = {r["messages"][0]["content"]: (r["drop_filter"], r["drop_reason"]) for r in rejected}
     assert reasons["Name three primary colours used in painting!"] == ("dedup", "exact_duplicate")
-    assert reasons["Draw a map of your town."] == ("instruction_rules", "instruction_blacklisted_word")
+    # A user's instruction: Self-Instruct's rules (blacklisted "draw", "map") judge generated ones.
+    assert "Draw a map of your town." in {r["messages"][0]["content"] for r in kept}
     assert reasons["Translate the sentence into German.\n\nI like tea."][0] == "language_id"
     assert all(r["lang"] == "en" for r in kept)
     manifest = json.loads((out / "manifest.json").read_text())

@@ -205,8 +205,9 @@ def chain_input() -> list[dict]:
         {"id": "dup", "messages": [{"role": "user", "content": good.upper()}, {"role": "assistant", "content": answer}]},
         {"id": "french", "messages": [{"role": "user", "content": "Donnez trois conseils pour rester en bonne santé."},
                                       {"role": "assistant", "content": "Dormez, mangez des légumes et marchez."}]},
-        {"id": "picture", "messages": [{"role": "user", "content": "Draw a picture of a healthy breakfast."},
-                                       {"role": "assistant", "content": answer}]},
+        {"id": "picture", "method": "self_instruct>respond",  # a machine-written instruction
+         "messages": [{"role": "user", "content": "Draw a picture of a healthy breakfast."},
+                      {"role": "assistant", "content": answer}]},
         {"id": "cut", "finish_reason": "length", "messages": [{"role": "user", "content": "Explain winter health."},
                                                               {"role": "assistant", "content": "Sleep eight"}]},
         {"id": "empty", "messages": [{"role": "user", "content": ""}]},

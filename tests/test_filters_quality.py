@@ -51,8 +51,30 @@ INSTRUCTION_CASES = [
 @pytest.mark.parametrize(("reason", "dropped", "kept"), INSTRUCTION_CASES)
 def test_instruction_rules(reason, dropped, kept):
     rules = InstructionRules(InstructionRulesConfig())
-    assert verdict_of(rules, record(dropped, GOOD_RESPONSE)) == reason
-    assert verdict_of(rules, record(kept, GOOD_RESPONSE)) is None
+    generated = {"method": "self_instruct>respond"}
+    assert verdict_of(rules, record(dropped, GOOD_RESPONSE, **generated)) == reason
+    assert verdict_of(rules, record(kept, GOOD_RESPONSE, **generated)) is None
+    # A user's instruction is not judged by rules made for generated ones, unless asked.
+    assert verdict_of(rules, record(dropped, GOOD_RESPONSE, method="seed")) is None
+    assert verdict_of(InstructionRules(InstructionRulesConfig(applies_to="all")), record(dropped, GOOD_RESPONSE)) == reason
+
+
+@pytest.mark.parametrize("method", ["self_instruct", "magpie>respond", "seed>evol_instruct>respond"])
+def test_instruction_rules_judge_what_a_stage_wrote(method):
+    rules = InstructionRules(InstructionRulesConfig())
+    assert verdict_of(rules, record("Draw a map of your town.", GOOD_RESPONSE, method=method)) == "instruction_blacklisted_word"
+    assert verdict_of(rules, record("Draw a map of your town.", GOOD_RESPONSE, method="seed>respond")) is None
+
+
+def test_instruction_length_does_not_count_the_input():
+    rules = InstructionRules(InstructionRulesConfig())
+    notes = " ".join(["word"] * 300)
+    for key in ("instance_input", "seed_input"):
+        with_input = record(f"Summarize the following notes in two sentences.\n\n{notes}", GOOD_RESPONSE,
+                            method="self_instruct", metadata={key: notes})
+        assert verdict_of(rules, with_input) is None
+    long_instruction = record(" ".join(["word"] * 151), GOOD_RESPONSE, method="self_instruct", metadata={"seed_input": "x y"})
+    assert verdict_of(rules, long_instruction) == "instruction_too_long"
 
 
 RESPONSE_CASES = [
@@ -64,6 +86,15 @@ RESPONSE_CASES = [
     ("response_same_as_input",
      record("Fix the grammar.\n\nHe go home.", "He go home.", metadata={"seed_input": "He go home."}),
      record("Fix the grammar.\n\nHe go home.", "He goes home.", metadata={"seed_input": "He go home."})),
+    ("response_same_as_input",  # the whole prompt echoed, input included
+     record("Fix the grammar.\n\nHe go home.", "Fix the grammar.\n\nHe go home.", metadata={"seed_input": "He go home."}),
+     record("Fix the grammar.\n\nHe go home.", "He goes home.", metadata={"seed_input": "He go home."})),
+    ("response_same_as_input",  # the instruction without its input echoed
+     record("Fix the grammar.\n\nHe go home.", "Fix the grammar.", metadata={"seed_input": "He go home."}),
+     record("Fix the grammar.\n\nHe go home.", "Fix: He goes home.", metadata={"seed_input": "He go home."})),
+    ("response_only_punctuation", record("Tell me a story.", "..."), record("Tell me a story.", "...and then?")),
+    ("response_only_punctuation", record("Write some code.", "```\n```"),
+     record("Draw a house in ASCII.", "```\n  /\\\n /  \\\n |__|\n```")),
     ("response_ends_with_colon", record("List three fruits.", "Here are three fruits:"),
      record("List three fruits.", "Here are three fruits: apple, pear, plum.")),
 ]
@@ -151,7 +182,20 @@ def test_repetition_defaults_keep_short_and_normal_answers():
                    "The cat sat on the mat. The dog sat on the rug. Both were happy."):
         assert verdict_of(rules, record("q", answer)) is None
     spam = "Buy now! " * 30
-    assert verdict_of(rules, record("q", spam)) == "gopher_top_2gram"
+    assert verdict_of(rules, record("q", spam)) == "gopher_dup_5gram"
+    # A list whose items differ only by their number repeats one line.
+    assert verdict_of(rules, record("q", "\n".join(f"{n}. Yes" for n in range(1, 13)))) == "gopher_dup_line_frac"
+    # Lists, refrains and per-item labels repeat by design.
+    survey = "\n".join(f"{n}. What is your favorite {thing}?" for n, thing in
+                       enumerate(["food", "restaurant", "dish to cook", "dessert", "drink", "snack"], 1))
+    refrain = "The tide comes in.\nThe sea remembers, the sea forgets.\nThe boats come home.\nThe sea remembers, the sea forgets."
+    for answer in (survey, refrain, "1. True\n2. False\n3. True"):
+        assert verdict_of(rules, record("q", answer)) is None
+
+
+# Gopher's own n-gram thresholds (the defaults are set for instruction answers): every rule exercised.
+GOPHER_NGRAM_SHARES = {"top_ngram_char_frac": {2: 0.20, 3: 0.18, 4: 0.16},
+                       "dup_ngram_char_frac": {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}}
 
 
 def reference_ngram_verdict(text: str, config: GopherRepetitionConfig) -> tuple[str, float] | None:
@@ -194,7 +238,7 @@ def test_batched_ngram_rules_decide_like_the_plain_ones(ngram_min_words):
             phrase = rng.choices(vocabulary, k=rng.randint(2, 12))
             words[rng.randrange(len(words) + 1) :] = phrase * rng.randint(2, 4) + words
         texts.append(" ".join(words))
-    config = GopherRepetitionConfig(ngram_min_words=ngram_min_words, **{
+    config = GopherRepetitionConfig(ngram_min_words=ngram_min_words, **GOPHER_NGRAM_SHARES, **{
         k: 1.0 for k in ("dup_line_frac", "dup_para_frac", "dup_line_char_frac", "dup_para_char_frac")})
     verdicts = GopherRepetition(config).judge([record("q", text) for text in texts])
     got = [(v.reason, v.evidence["value"]) if v else None for v in verdicts]
@@ -204,13 +248,14 @@ def test_batched_ngram_rules_decide_like_the_plain_ones(ngram_min_words):
 
 # ---------------------------------------------------------------- Gopher quality ratios
 
+PROSE = "the report says that our small team finished the work on time and the client was happy with it"  # 20 words
+
 QUALITY_CASES = [
-    ("gopher_mean_word_length", "a b c d e f g h i j k l", "abc bcd cde def efg fgh ghi hij ijk jkl"),
-    ("gopher_mean_word_length", " ".join(["incomprehensibilities"] * 10), " ".join(["incomprehensible"] * 5 + ["word"] * 5)),
-    ("gopher_alpha_words", "Results 1234 5678 9012 3456 then values 7890 1234 were noted",
-     "Results were 1234 and 5678 when the values were noted"),
-    ("gopher_hash_ratio", "#tag " * 2 + "one two three four five six seven eight", "#tag one two three four five six seven eight nine ten"),
-    ("gopher_ellipsis_ratio", "well... maybe... one two three four five six seven eight", "well... maybe one two three four five six seven eight nine ten"),
+    ("gopher_mean_word_length", "a b c d e f g h i j k l m n o p q r s t u", PROSE),
+    ("gopher_mean_word_length", " ".join(["incomprehensibilities"] * 20), " ".join(["incomprehensible"] * 10 + ["word"] * 10)),
+    ("gopher_alpha_words", PROSE + " @@ ** ;; ~~ && !! ^^ @@ ** ;;", PROSE + " @@ ** ;; ~~"),
+    ("gopher_hash_ratio", PROSE + " # # #", PROSE + " #one #two #three"),  # hashtags are words
+    ("gopher_ellipsis_ratio", PROSE + " well... maybe... so...", PROSE + " well... maybe... so"),
 ]
 
 
@@ -219,6 +264,17 @@ def test_gopher_quality(reason, dropped, kept):
     rules = GopherQuality(GopherQualityConfig())
     assert verdict_of(rules, record("q", dropped)) == reason
     assert verdict_of(rules, record("q", kept)) is None
+
+
+def test_gopher_quality_judges_prose_only():
+    """Code, LaTeX, tables, URLs, numbers and formulas are content in an answer, not bad prose."""
+    rules = GopherQuality(GopherQualityConfig())
+    soup = " @@ ** ;; ~~ && !! ^^ @@ ** ;; " * 3
+    for markup in (f"```\n{soup}\n```", f"$${soup}$$", f"| {soup} |", "https://example.com/" + "a" * 80):
+        assert verdict_of(rules, record("q", f"{PROSE}\n\n{markup}")) is None
+    arithmetic = "The speed 36 km/hr = 36 x 1000 / 3600 m/s = 10 m/s. The length = speed x time = 10 x 9 = 90 m."
+    assert verdict_of(rules, record("q", arithmetic + " " + arithmetic)) is None
+    assert verdict_of(rules, record("q", "\n".join(f"7 × {n} = {7 * n}" for n in range(1, 11)))) is None
 
 
 def test_gopher_quality_leaves_short_answers_alone():

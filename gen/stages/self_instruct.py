@@ -71,7 +71,8 @@ class SelfInstructConfig(StageConfig):
     seed: int = 0
     """Seeds which pool instructions each request shows, so reruns show the same ones."""
     instruction_rules: InstructionRulesConfig = InstructionRulesConfig()
-    """Self-Instruct's instruction rules (Alpaca's blacklist words can be added here)."""
+    """Self-Instruct's instruction rules (Alpaca's blacklist words can be added here); every
+    candidate is machine-written, so ``applies_to`` does not matter here."""
     instance_sampling: Sampling | None = None
     """Overrides for the classification question and instance requests (``sampling`` covers the list)."""
 
@@ -297,9 +298,8 @@ class SelfInstruct(SourceStage):
         if not candidates:
             return [drop(candidate_record(0, completion.text), self.name, "no_instructions")]
         out = []
-        verdicts = self.rules.judge([{"messages": [{"role": "user", "content": text}]} for text in candidates])
-        for index, (text, verdict) in enumerate(zip(candidates, verdicts, strict=True)):
-            if verdict is not None:
+        for index, text in enumerate(candidates):
+            if (verdict := self.rules.judge_instruction(text)) is not None:
                 out.append(drop(candidate_record(index, text), self.name, verdict.reason, **verdict.evidence))
                 continue
             if len(pool.machine) >= self.config.target:
