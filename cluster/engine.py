@@ -202,6 +202,7 @@ class _LoopState:
 
     slots: asyncio.Semaphore
     health_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    recovering: dict[int, asyncio.Task] = field(default_factory=dict)  # replica -> its ping loop
 
 
 class EnginePool:
@@ -219,7 +220,6 @@ class EnginePool:
         self._last_progress = [time.monotonic()] * len(replicas)
         self._healthy = set(range(len(replicas)))
         self._dead: set[int] = set()  # restarts exhausted: never back
-        self._recovering: dict[int, asyncio.Task] = {}
         # Every token served, whichever stage asked: a stage may make several requests per record
         # (evol_instruct rewrites, judges and answers), so records alone undercount the work.
         self.prompt_tokens = 0
@@ -273,6 +273,8 @@ class EnginePool:
                 if len(self._dead) == len(self.replicas):
                     raise EngineUnavailable("every engine replica is dead (failures.replica_restarts "
                                             "used up); see the replicas' logs above")
+                for index in set(range(len(self.replicas))) - self._dead:
+                    self._watch_recovery(index, state)  # taken out during an earlier run's loop
                 await state.health_changed.wait()
         return min(self._healthy, key=self._in_flight.__getitem__)
 
@@ -302,10 +304,22 @@ class EnginePool:
     def _take_out(self, index: int, state: _LoopState) -> None:
         """Route nothing to ``index`` until it answers a ping again (Ray is restarting it)."""
         self._healthy.discard(index)
-        if index not in self._recovering and index not in self._dead:
-            self._recovering[index] = asyncio.create_task(self._recover(index, state))
+        self._watch_recovery(index, state)
+
+    def _watch_recovery(self, index: int, state: _LoopState) -> None:
+        if index not in state.recovering and index not in self._dead:
+            state.recovering[index] = asyncio.create_task(self._recover(index, state))
 
     async def _recover(self, index: int, state: _LoopState) -> None:
+        try:
+            await self._wait_until_back(index)
+        finally:
+            del state.recovering[index]
+        async with state.health_changed:
+            state.health_changed.notify_all()
+
+    async def _wait_until_back(self, index: int) -> None:
+        """Ping ``index`` until it is healthy again, or dead for good."""
         deadline = time.monotonic() + self.limits.startup_timeout_s
         while True:
             try:
@@ -323,13 +337,8 @@ class EnginePool:
                 log.error("replica %d is gone for good: %s", index, _first_line(exc))
                 self._dead.add(index)
                 break
-        del self._recovering[index]
-        async with state.health_changed:
-            state.health_changed.notify_all()
 
     def shutdown(self) -> None:
-        for task in self._recovering.values():
-            task.cancel()
         for replica in self.replicas:
             try:
                 ray.get(replica.shutdown.remote(), timeout=60)

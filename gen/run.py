@@ -207,9 +207,8 @@ class _Session:
             raise first from None
         await self._commit(force=True)
         if self._interrupt.is_set():
-            raise Interrupted(
-                f"stopped by {signal.Signals(self._signal).name}: {len(self.sink.committed.keys):,} work "
-                "items are committed; run the same command again to resume", self._signal)
+            raise Interrupted(f"stopped by {signal.Signals(self._signal).name} with "
+                              f"{len(self.sink.committed.keys):,} work items committed", self._signal)
 
     async def _feed(self, items: AsyncIterator[WorkItem], map_stages: list[Stage], progress: Progress,
                     group: asyncio.TaskGroup, working: set[asyncio.Task]) -> None:

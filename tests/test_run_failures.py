@@ -130,26 +130,32 @@ def test_a_self_instruct_task_and_all_its_instances_are_one_work_item():
         assert len({record["work_key"] for record in item}) == 1
 
 
-class RecordingReplica:
-    """A replica that records the sampling each request carries, as vLLM would receive it."""
+def recording_replica_class():
+    """Defined in a function, so Ray ships the class by value to its worker (this test module
+    is not importable there)."""
 
-    def __init__(self):
-        self.received = []
+    class RecordingReplica:
+        """A replica that records the sampling each request carries, as vLLM would receive it."""
 
-    def info(self):
-        return {"max_model_len": 1024, "user_turn_prefix": "<|im_start|>user\n", "chat_template": None,
-                "on_cpu": False}
+        def __init__(self):
+            self.received = []
 
-    def ping(self):
-        return True
+        def info(self):
+            return {"max_model_len": 1024, "user_turn_prefix": "<|im_start|>user\n", "chat_template": None,
+                    "on_cpu": False}
 
-    async def generate(self, prompt, sampling):
-        self.received.append(dict(sampling))
-        text = "What is a good name for a cat?" if isinstance(prompt, str) else "Whiskers."
-        return [Completion(text, "stop", 4, 6)]
+        def ping(self):
+            return True
 
-    def seen(self):
-        return self.received
+        async def generate(self, prompt, sampling):
+            self.received.append(dict(sampling))
+            text = "What is a good name for a cat?" if isinstance(prompt, str) else "Whiskers."
+            return [Completion(text, "stop", 4, 6)]
+
+        def seen(self):
+            return self.received
+
+    return RecordingReplica
 
 
 def test_per_request_seeds_are_distinct_and_reproducible_as_sent_to_the_engine(tmp_path, ray_session):
@@ -159,7 +165,7 @@ def test_per_request_seeds_are_distinct_and_reproducible_as_sent_to_the_engine(t
     (tmp_path / "magpie.yaml").write_text(spec_text + f"output: {{dir: {tmp_path / 'a'}}}\n")
     sent = []
     for run_number in range(2):
-        actor = ray.remote(RecordingReplica).remote()
+        actor = ray.remote(recording_replica_class()).remote()
         pool = EnginePool([actor], ray.get(actor.info.remote()), max_in_flight_per_replica=4)
         spec = load_spec(tmp_path / "magpie.yaml", [f"output.dir={tmp_path / f'run{run_number}'}"])
         run(spec, engine=pool, progress=False)
@@ -180,3 +186,37 @@ def test_replicas_that_cannot_fit_are_refused_at_once_naming_the_fields(ray_sess
     with pytest.raises(ResourcesUnavailable, match="needs 6 GPUs, the Ray cluster has 4"):
         replica_resources({"CPU": 8, "GPU": 4}, replicas=3, tensor_parallel_size=2)
     assert replica_resources({"CPU": 2}, replicas=2, tensor_parallel_size=1) == {"num_cpus": 1}
+
+
+def test_kept_records_do_not_depend_on_filter_order_and_the_index_holds_only_what_is_kept(ray_session):
+    """Before: with [dedup, language_id] dedup remembered the first of a cluster before language_id
+    dropped it, so its near-duplicates were dropped too and the whole cluster vanished."""
+    from pydantic import TypeAdapter
+
+    from filters import FilterSpec, build_chain
+
+    question = "Explain how photosynthesis turns sunlight, water and carbon dioxide into sugar in plants."
+    french = {"id": "fr", "messages": [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": "La photosynthèse transforme la lumière du soleil, l'eau et le dioxyde "
+                                         "de carbone en sucre et en oxygène dans les feuilles des plantes."}]}
+    english = {"id": "en", "messages": [
+        {"role": "user", "content": question + " Please."},
+        {"role": "assistant", "content": "Plants capture sunlight with chlorophyll and use its energy to turn "
+                                         "water and carbon dioxide into glucose, releasing oxygen."}]}
+    later = {"id": "later", "messages": [
+        {"role": "user", "content": question + " Thanks."},
+        {"role": "assistant", "content": "Chlorophyll absorbs light; the plant splits water and fixes carbon "
+                                         "dioxide into sugar, giving off oxygen as a by-product."}]}
+    outcomes = []
+    for order in (["dedup", "language_id"], ["language_id", "dedup"]):
+        chain = build_chain(TypeAdapter(list[FilterSpec]).validate_python([{"type": t} for t in order]))
+        try:
+            kept, rejected = chain([dict(french), dict(english)])
+            kept_later, _ = chain([dict(later)])  # a later batch: judged against the index
+        finally:
+            chain.close()
+        outcomes.append(([r["id"] for r in kept], {r["id"]: r["_drop"]["reason"] for r in rejected},
+                         [r["id"] for r in kept_later]))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == (["en"], {"fr": "lang_not_allowed"}, [])  # "later" duplicates the kept "en"
