@@ -11,14 +11,18 @@ from __future__ import annotations
 import re
 import string
 from itertools import repeat
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from filters.base import Drop, Filter, FilterConfig, Verdict
 from filters.text import TextField, Words, fmix64, normalize, text_of
 from gen.records import Record, instruction_of, response_of
+
+
+Share = Annotated[float, Field(ge=0, le=1)]  # a fraction of a text
+NgramSize = Annotated[int, Field(ge=1)]
 
 
 class _Phrases:
@@ -54,8 +58,8 @@ class _Phrases:
 class InstructionRulesConfig(FilterConfig):
     type: Literal["instruction_rules"] = "instruction_rules"
     # Self-Instruct (bootstrap_instructions.py) drops an instruction with <= 3 or > 150 words.
-    min_words: int = 4
-    max_words: int = 150
+    min_words: int = Field(4, ge=0)
+    max_words: int = Field(150, ge=1)
     # Self-Instruct's whole-word blacklist (things a text-only model cannot do); Alpaca adds
     # video, audio, music, flowchart, diagram: list them here to get Alpaca's rule.
     blacklist: list[str] = Field(
@@ -66,6 +70,12 @@ class InstructionRulesConfig(FilterConfig):
     )  # fmt: skip
     # Self-Instruct: "Write a program" instructions get unusable answers from a text model.
     banned_prefixes: list[str] = Field(default_factory=lambda: ["Write a program"])
+
+    @model_validator(mode="after")
+    def _word_range(self) -> InstructionRulesConfig:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) must not exceed max_words ({self.max_words})")
+        return self
 
 
 class InstructionRules(Filter):
@@ -163,7 +173,7 @@ class RefusalConfig(FilterConfig):
             "i am unable", "i'm unable", "i am not able to", "i'm not able to", "i won't be able",
         ]
     )  # fmt: skip
-    refusal_max_words: int = 80
+    refusal_max_words: int = Field(80, ge=0)
 
 
 def _phrase_pattern(phrases: list[str]) -> _Phrases | None:
@@ -203,13 +213,13 @@ class GopherRepetitionConfig(FilterConfig):
     # The n-gram shares were set on documents of 50+ words (Gopher's minimum); on a 15-word
     # answer one natural repeat ("sat on the" twice) is already 35% of the text. Shorter texts
     # get only the line and paragraph rules.
-    ngram_min_words: int = 50
-    dup_line_frac: float = 0.30
-    dup_para_frac: float = 0.30
-    dup_line_char_frac: float = 0.20
-    dup_para_char_frac: float = 0.20
-    top_ngram_char_frac: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
-    dup_ngram_char_frac: dict[int, float] = Field(
+    ngram_min_words: int = Field(50, ge=0)
+    dup_line_frac: Share = 0.30
+    dup_para_frac: Share = 0.30
+    dup_line_char_frac: Share = 0.20
+    dup_para_char_frac: Share = 0.20
+    top_ngram_char_frac: dict[NgramSize, Share] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    dup_ngram_char_frac: dict[NgramSize, Share] = Field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
     )
 
@@ -378,14 +388,21 @@ class GopherQualityConfig(FilterConfig):
     # or "no" (a third of the P3 sample's completions are one word). The ratios below are noise on
     # a handful of words (the mean length of "no" is 2), so texts shorter than this are not judged
     # here; empty and truncated answers are response_rules' job.
-    min_words: int = 10
+    min_words: int = Field(10, ge=0)
     # Gopher via datatrove / NeMo Curator: mean word length within [3, 10], at least 80% of words
     # contain a letter, at most 0.1 "#" and at most 0.1 ellipses per word.
-    min_mean_word_length: float = 3.0
-    max_mean_word_length: float = 10.0
-    min_alpha_word_frac: float = 0.80
-    max_hash_ratio: float = 0.10
-    max_ellipsis_ratio: float = 0.10
+    min_mean_word_length: float = Field(3.0, ge=0)
+    max_mean_word_length: float = Field(10.0, ge=0)
+    min_alpha_word_frac: Share = 0.80
+    max_hash_ratio: float = Field(0.10, ge=0)  # per word, so it may exceed 1
+    max_ellipsis_ratio: float = Field(0.10, ge=0)
+
+    @model_validator(mode="after")
+    def _length_range(self) -> GopherQualityConfig:
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise ValueError(f"min_mean_word_length ({self.min_mean_word_length}) must not exceed "
+                             f"max_mean_word_length ({self.max_mean_word_length})")
+        return self
 
 
 _ASCII_LETTERS_AND_SPACE = {c: None for c in range(128) if not (chr(c).isalpha() or chr(c).isspace())}
