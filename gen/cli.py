@@ -81,9 +81,18 @@ def filter_(inputs: Annotated[list[Path], typer.Argument(help="JSONL, JSON or Pa
 
 @app.command()
 def validate(spec: SpecArg, set_: SetOpt = None):
-    """Check a spec without starting anything."""
+    """Check a spec and read its seeds, without starting anything."""
+    from gen.seeds import SeedError, SeedReader
+
     loaded = _load(spec, set_)
-    typer.echo(f"{spec}: ok ({len(loaded.stages)} stage(s), {len(loaded.filters)} filter(s))")
+    seeds = SeedReader(**loaded.seeds.model_dump()) if loaded.seeds else None
+    try:
+        count = sum(1 for _ in seeds) if seeds else 0
+    except SeedError as exc:
+        _fail(str(exc))
+    skipped = f", {seeds.skipped} malformed skipped" if seeds and seeds.skipped else ""
+    typer.echo(f"{spec}: ok ({len(loaded.stages)} stage(s), {len(loaded.filters)} filter(s), "
+               f"{count} seed record(s){skipped})")
 
 
 @app.command()

@@ -83,9 +83,20 @@ def test_cli_validate_reports_errors_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "output.rows_per_shard: Input should be greater than or equal to 1" in result.stderr
     assert "Traceback" not in result.stderr
+    (tmp_path / "seeds.jsonl").write_text('{"instruction": "Go."}\n{"instruction": "Stop."}\n')
     ok = subprocess.run([sys.executable, "-m", "gen.cli", "validate", str(write(tmp_path, GOOD))],
                         capture_output=True, text=True)
-    assert ok.returncode == 0 and "ok (1 stage(s), 0 filter(s))" in ok.stdout
+    assert ok.returncode == 0 and "ok (1 stage(s), 0 filter(s), 2 seed record(s))" in ok.stdout
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_an_empty_seed_file_stops_validate_and_run_naming_it_before_any_engine(tmp_path, command):
+    (tmp_path / "seeds.jsonl").write_text("")
+    result = subprocess.run([sys.executable, "-m", "gen.cli", command, str(write(tmp_path, GOOD)),
+                             "--set", f"output.dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"{tmp_path / 'seeds.jsonl'}: no seed records in the file" in result.stderr
+    assert "Traceback" not in result.stderr and "vLLM" not in result.stderr
 
 
 def test_prompt_overrides_resolve_against_the_spec_file_and_must_exist(tmp_path):
