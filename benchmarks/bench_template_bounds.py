@@ -28,6 +28,8 @@ SPENDERS = {
     "filters": LOOPS.format("{{ row.a.b | string | upper | lower | trim | upper | lower }}"),
     "operators": LOOPS.format("{{ row.a.b.c.d.e.f.g * 2 * 1 * 1 * 1 * 1 }}"),
     "method_calls": LOOPS.format("{{ row.a.b.c.d.e.f.g.upper().lower().upper().lower() }}"),
+    # each step slow (a filter over 1M characters): stopped by the CPU-time backstop instead
+    "slow_steps": "{% set big = 'a b ' * 250000 %}" + LOOPS.format("{% if big | wordcount %}{% endif %}"),
 }
 ROW = {"a": {"b": {"c": {"d": {"e": {"f": {"g": "x"}}}}}}}
 

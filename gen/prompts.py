@@ -7,9 +7,11 @@ which prompt wording produced it.
 The sandbox stops a template from reaching Python, not from using the CPU: ``{{ 'a' * 10**9 }}``
 or two nested loops of 100,000 are legal Jinja, and a render runs on the event loop that feeds
 the engines. So every render here is bounded (:class:`BoundedSandbox`): at most ``MAX_STEPS``
-steps (calls, filters, attribute and item lookups, operators, loop iterations) and no string,
-list or output longer than ``MAX_CHARS``; a template over either bound raises
-:class:`TemplateTooCostly` naming the template, instead of stalling the run.
+steps (calls, filters, attribute and item lookups, operators, loop iterations), no string, list
+or output longer than ``MAX_CHARS``, at most ``MAX_CHARS_MADE`` characters or items made in all,
+and, for steps that are slow one by one (a filter over a long text), at most ``MAX_CPU_SECONDS``.
+A template over a bound raises :class:`TemplateTooCostly` naming the template, instead of
+stalling or exhausting the run.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import hashlib
 import math
 import re
 import string
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,11 +40,19 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 # A prompt is read by a model whose context is at most a few hundred thousand tokens; 1M characters
 # is beyond any of them, so no legitimate template makes a longer string, list or output.
 MAX_CHARS = 1_000_000
-# The shipped prompts take under 30 steps, a P3 template a few; spending 20,000 takes 0.01-0.17
+# The shipped prompts take 20-30 steps, a P3 template a few; spending 20,000 takes 0.01-0.23
 # CPU-seconds however they are spent (benchmarks/bench_template_bounds.py: macro calls are the
-# dearest), so no render holds the event loop longer than that.
+# dearest), so no render within the other bounds holds the event loop longer than that.
 MAX_STEPS = 20_000
 MAX_INT_BITS = 10_000  # integers a template computes (``10**10**10`` would never finish)
+# What a render may allocate in all: ten times its largest value, so twenty thousand 1 MB strings
+# (``big_list | map('upper') | list``) are refused after ten, not after 20 GB.
+MAX_CHARS_MADE = 10 * MAX_CHARS
+# A backstop for steps that are each slow (``text | wordcount`` on a 1 MB text, in a loop): no
+# template within the other bounds comes near it (see MAX_STEPS). CPU time of this thread, so a
+# busy machine does not make a render fail.
+MAX_CPU_SECONDS = 1.0
+_CPU_CHECK_EVERY = 16  # steps between reads of the thread's CPU clock (a system call, ~1.5 us)
 
 # Methods and filters whose integer arguments size what they allocate (str.center(10**9)).
 _SIZED_BY_INT_ARGUMENT = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "indent", "batch", "slice"})
@@ -55,6 +66,8 @@ class TemplateTooCostly(SecurityError):
 @dataclass
 class _Budget:
     steps_left: int = MAX_STEPS
+    chars_left: int = MAX_CHARS_MADE
+    cpu_deadline: float = field(default_factory=lambda: time.thread_time() + MAX_CPU_SECONDS)
 
 
 # The steps left to the render in progress; None while Jinja folds constants at compile time.
@@ -68,11 +81,20 @@ def _spend(steps: int = 1) -> None:
     budget.steps_left -= steps
     if budget.steps_left < 0:
         raise TemplateTooCostly(f"more than {MAX_STEPS:,} steps (calls, lookups, operators, loop iterations)")
+    if budget.steps_left % _CPU_CHECK_EVERY == 0 and time.thread_time() > budget.cpu_deadline:
+        raise TemplateTooCostly(f"more than {MAX_CPU_SECONDS:g} CPU-second(s) of rendering")
 
 
 def _check_size(value: Any) -> Any:
-    if isinstance(value, str | bytes | list | tuple | dict | set | frozenset) and len(value) > MAX_CHARS:
-        raise TemplateTooCostly(f"makes a value of {len(value):,} characters or items (at most {MAX_CHARS:,})")
+    """``value``, made by the template: refused when too large, counted toward what it made."""
+    if isinstance(value, str | bytes | list | tuple | dict | set | frozenset):
+        if len(value) > MAX_CHARS:
+            raise TemplateTooCostly(f"makes a value of {len(value):,} characters or items (at most {MAX_CHARS:,})")
+        budget = _budget.get()
+        if budget is not None:
+            budget.chars_left -= len(value)
+            if budget.chars_left < 0:
+                raise TemplateTooCostly(f"makes more than {MAX_CHARS_MADE:,} characters or items in all")
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
         raise TemplateTooCostly(f"makes an integer of {value.bit_length():,} bits (at most {MAX_INT_BITS:,})")
     return value
@@ -103,10 +125,19 @@ def _check_growth(name: str, owner: Any, args: tuple, kwargs: Mapping[str, Any])
         old, new = args[0], args[1]
         growth = (owner.count(old) if old else len(owner) + 1) * (len(new) - len(old))
         _check_size_of(len(owner) + max(growth, 0))
-    elif name == "join" and isinstance(owner, list | tuple):
-        _check_size_of(sum(len(item) for item in owner if isinstance(item, str)))
+    elif name == "join":  # str.join(items) or items | join
+        items = args[0] if isinstance(owner, str) and args else owner
+        if isinstance(items, list | tuple):
+            _check_size_of(_weight(items))
     elif name == "format" and isinstance(owner, str):
         _check_printf(owner)
+
+
+def _weight(value: Any) -> int:
+    """Characters or items a value holds, counting the strings a list holds (``[s] * n``)."""
+    if isinstance(value, list | tuple):
+        return len(value) + sum(len(item) for item in value if isinstance(item, str | bytes))
+    return len(value)
 
 
 def _check_size_of(length: int) -> None:
@@ -201,11 +232,11 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         if operator == "*":
             for items, times in ((left, right), (right, left)):
                 if isinstance(items, sequence) and isinstance(times, int):
-                    _check_size_of(len(items) * times)
+                    _check_size_of(_weight(items) * times)
             if isinstance(left, int) and isinstance(right, int):
                 _check_bits(left.bit_length() + right.bit_length())
         elif operator == "+" and isinstance(left, sequence) and isinstance(right, sequence):
-            _check_size_of(len(left) + len(right))
+            _check_size_of(_weight(left) + _weight(right))
         elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
             _check_bits(right * math.log2(abs(left)))
         elif operator == "%" and isinstance(left, str):

@@ -29,6 +29,10 @@ BOMBS = {
     "join_filter": "{{ (['a' * 1000] * 2000) | join }}",
     "replace_filter": "{{ ('a' * 1000) | replace('a', 'b' * 2000) }}",
     "output_length": "{% for i in range(3000) %}{{ 'x' * 1000 }}{% endfor %}",
+    "list_of_big_strings": "{{ (['a' * 1000000] * 1000) | length }}",
+    "str_join": "{{ ''.join(['a' * 1000] * 2000) }}",
+    "many_big_values": "{% set big = 'a' * 1000000 %}{{ range(20000) | map('string') | map('center', 1000000) | list | length }}",
+    "slow_steps": "{% set big = 'a b ' * 250000 %}{% for i in range(19000) %}{% if big | wordcount %}{% endif %}{% endfor %}",
     "exponential_macro": "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(25) }}",
 }
 
