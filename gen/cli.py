@@ -106,31 +106,40 @@ def schema():
 @app.command()
 def submit(spec: SpecArg, address: JobsAddressOpt, set_: SetOpt = None):
     """Submit the run as a Ray job; prints the job id."""
+    from cluster.jobs import InsecureTokenError
     from cluster.jobs import submit as submit_job
     from gen.spec import SpecError
 
     try:
         typer.echo(submit_job(spec, address, set_ or []))
-    except SpecError as exc:  # refused here, before anything reaches the cluster
+    except (SpecError, InsecureTokenError) as exc:  # refused here, before anything reaches the cluster
         _fail(str(exc))
 
 
 @app.command()
 def status(job_id: str, address: JobsAddressOpt):
     """The status of a submitted job."""
+    from cluster.jobs import InsecureTokenError
     from cluster.jobs import status as job_status
 
-    typer.echo(job_status(job_id, address))
+    try:
+        typer.echo(job_status(job_id, address))
+    except InsecureTokenError as exc:
+        _fail(str(exc))
 
 
 @app.command()
 def logs(job_id: str, address: JobsAddressOpt,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False):
     """The logs of a submitted job."""
+    from cluster.jobs import InsecureTokenError
     from cluster.jobs import logs as job_logs
 
-    for chunk in job_logs(job_id, address, follow):
-        typer.echo(chunk, nl=False)
+    try:
+        for chunk in job_logs(job_id, address, follow):
+            typer.echo(chunk, nl=False)
+    except InsecureTokenError as exc:
+        _fail(str(exc))
 
 
 if __name__ == "__main__":
