@@ -78,8 +78,9 @@ class DedupConfig(FilterConfig):
     @classmethod
     def _against_earlier_runs(cls, dirs: list[str]) -> list[str]:
         for index, run_dir in enumerate(dirs):
-            if not (Path(run_dir) / "data").is_dir():
-                raise ValueError(f"against.{index}: no sdg output dir at {run_dir} (it has no data/)")
+            if not any((Path(run_dir) / "data").glob("*.parquet")):
+                raise ValueError(f"against.{index}: no kept shards in {Path(run_dir) / 'data'} "
+                                 "(not an sdg output dir, or one that kept nothing)")
         return dirs
 
 

@@ -190,7 +190,7 @@ def test_files_the_spec_names_must_exist_when_it_is_read(tmp_path):
     assert "benchmark files are .jsonl, .json or .parquet" in refused(
         tmp_path, WITH_FILTER.format(filter="{type: decontamination, benchmarks: [{path: b.txt, column: q}]}"))
     message = refused(tmp_path, WITH_FILTER.format(filter="{type: dedup, against: [" + str(tmp_path / "old_run") + "]}"))
-    assert "filters.0.against: Value error, against.0: no sdg output dir at" in message
+    assert f"filters.0.against: Value error, against.0: no kept shards in {tmp_path / 'old_run' / 'data'}" in message
     message = refused(tmp_path, WITH_FILTER.format(filter="{type: language_id, model_path: " + str(tmp_path / "lid.bin") + "}"))
     assert "filters.0.model_path: Value error, no such file" in message
     message = refused(tmp_path, GOOD.replace("name: sdg/tiny-random-chat", f"name: {tmp_path}/models/llama"))
