@@ -15,13 +15,15 @@ the job's own working directory is a temporary copy. On a multi-node cluster the
 directory must be shared storage that the head node (where the driver writes) can reach.
 
 Everything talks to the cluster's dashboard HTTP address (``http://HEAD:8265``) through Ray's
-Jobs SDK, with the cluster's auth token attached (see :func:`cluster.ray_cluster.auth_token_header`).
+Jobs SDK. The cluster's auth token goes only where it is asked for (:func:`_token_header`): a mistyped
+``--address`` must not hand it to whatever answers there, nor to the network in clear text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import glob
+import ipaddress
 import os
 import shlex
 import shutil
@@ -29,7 +31,9 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import requests
 import yaml
 from ray.job_submission import JobSubmissionClient
 
@@ -40,6 +44,11 @@ from cluster.ray_cluster import auth_token_header
 from gen.spec import input_path_slots
 
 SHIPPED_PACKAGES = (gen, filters, cluster)
+TOKEN_OVER_HTTP_VARIABLE = "SDG_TOKEN_OVER_HTTP"  # "1": send the token over plain http to another host
+
+
+class InsecureTokenError(RuntimeError):
+    """The cluster wants its token, and the address would send it over the network in clear text."""
 
 
 def submit(spec_path: Path, address: str, overrides: Sequence[str] = ()) -> str:
@@ -117,9 +126,45 @@ def wait(job_id: str, address: str, timeout: float) -> str:
 
 
 def _client(address: str) -> JobSubmissionClient:
-    # The SDK attaches the token only when this process exports RAY_AUTH_MODE=token; attach it
-    # ourselves so a token cluster works with nothing exported.
-    return JobSubmissionClient(address, headers=auth_token_header())
+    return JobSubmissionClient(address, headers=_token_header(address))
+
+
+def _token_header(address: str) -> dict[str, str]:
+    """The token header for the dashboard at ``address``, or ``{}``.
+
+    The SDK attaches the token only when this process exports RAY_AUTH_MODE=token; we attach it
+    ourselves so a token cluster works with nothing exported, but only to a server that says it is
+    a Ray dashboard requiring one (``/api/authentication_mode``, which Ray answers without a
+    token), and over plain http only to this machine: anyone on the path could read a token sent
+    in clear text, and it opens the whole cluster. Anything else gets no token, and a server that
+    is not a Ray dashboard fails the SDK's own version check.
+    """
+    url = address if "://" in address else f"http://{address}"  # the SDK's own default scheme
+    try:
+        reply = requests.get(f"{url.rstrip('/')}/api/authentication_mode", timeout=10)
+        mode = reply.json().get("authentication_mode") if reply.ok else None
+    except (requests.RequestException, ValueError, AttributeError):
+        return {}  # unreachable, or not a Ray dashboard: the SDK reports that better
+    if mode != "token":
+        return {}
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or "") \
+            and os.environ.get(TOKEN_OVER_HTTP_VARIABLE) != "1":
+        raise InsecureTokenError(
+            f"{url} requires the cluster's token, and sending it there over plain http would expose "
+            f"it to the network. Use https (a TLS proxy in front of the dashboard), or an SSH tunnel "
+            f"(ssh -L 8265:localhost:8265 HEAD, then --address http://127.0.0.1:8265), or set "
+            f"{TOKEN_OVER_HTTP_VARIABLE}=1 if the network is trusted.")
+    return auth_token_header()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anywhere
 
 
 def _blocking(chunks: AsyncIterator[str]) -> Iterator[str]:

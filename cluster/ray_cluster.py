@@ -92,8 +92,7 @@ def _gcs_requires_token(gcs_address: str) -> bool:
 def auth_token_header() -> dict[str, str]:
     """``{"authorization": "Bearer <token>"}`` from wherever Ray would find the token, or ``{}``.
 
-    Read whatever this process's auth mode is, so HTTP clients (the Jobs SDK) can always send it;
-    a cluster without token auth ignores the header.
+    Read whatever this process's auth mode is; :mod:`cluster.jobs` decides where it may be sent.
     """
     from ray._raylet import AuthenticationTokenLoader
 

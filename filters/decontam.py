@@ -14,11 +14,14 @@ from typing import Literal
 
 import numpy as np
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from filters.base import Drop, Filter, FilterConfig, Verdict
 from filters.text import TextField, normalize, shingle_hashes, text_of
 from gen.records import Record
+
+
+BENCHMARK_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 class BenchmarkFile(BaseModel):
@@ -28,13 +31,22 @@ class BenchmarkFile(BaseModel):
     column: str  # the field holding the prompt, e.g. "question"
     name: str | None = None  # how evidence names it; default the file name without extension
 
+    @field_validator("path")
+    @classmethod
+    def _readable_benchmark(cls, path: str) -> str:
+        if Path(path).suffix not in BENCHMARK_SUFFIXES:
+            raise ValueError(f"{path}: benchmark files are .jsonl, .json or .parquet")
+        if not Path(path).is_file():
+            raise ValueError(f"no such file {path}")
+        return path
+
 
 class DecontaminationConfig(FilterConfig):
     type: Literal["decontamination"] = "decontamination"
-    benchmarks: list[BenchmarkFile]
+    benchmarks: list[BenchmarkFile] = Field(min_length=1)
     # 13 words: GPT-3's contamination study and the n-gram overlap checks that followed it
     # (Brown et al. 2020, appendix C); long enough that common phrasing does not match.
-    ngram: int = 13
+    ngram: int = Field(13, ge=1)
     # "both" checks the instruction and the response, each on its own.
     text: TextField = "both"
 

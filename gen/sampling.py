@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # The ranges are vLLM's own (SamplingParams._verify_args): out of them, vLLM refuses every
+    # request, which would only show once the model had loaded.
     n: int | None = Field(None, ge=1, description="Outputs per prompt.")
-    temperature: float | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = None
+    top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, ge=1)
     min_tokens: int | None = Field(None, ge=0)
@@ -30,6 +32,12 @@ class Sampling(BaseModel):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
+
+    @model_validator(mode="after")
+    def _min_tokens_within_max(self) -> Sampling:
+        if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        return self
 
     def params(self) -> dict[str, Any]:
         """The set fields, as keyword arguments for ``vllm.SamplingParams``."""

@@ -6,7 +6,15 @@ files) and chat ``messages`` are recognised without being told; a given output b
 assistant turn (``respond`` answers afresh; ``sdg filter`` judges it as it is);
 ``format: rows`` passes labelled-dataset rows through for the ``template`` stage. A malformed line
 stops the run with ``file:line: what is wrong``, or with ``on_error: skip`` is counted, reported
-and left out.
+and left out. Malformed includes what only breaks later: text that is not UTF-8 (never guessed,
+so never silently mangled), an escaped lone surrogate (``"\\ud800"``, valid JSON but not text), a
+CSV row with more or fewer fields than its header. An empty file, or seeds that all fail, stop
+the run: an empty run is never what was meant.
+
+Parquet values that JSON has no type for are made JSON-safe where they are read, since a record's
+``metadata`` (the whole row, for ``rows``) is JSON in the shard: dates and times become ISO 8601
+strings, decimals their exact decimal string, durations seconds. Binary columns are refused: no
+text form of an image or a blob is the right one.
 
 Every seed becomes a record whose ``work_key`` is its content hash: the unit that is committed,
 and skipped on resume, as a whole.
@@ -15,9 +23,11 @@ and skipped on resume, as a whole.
 from __future__ import annotations
 
 import csv
+import datetime
+import decimal
 import glob
-import io
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,7 +74,9 @@ class SeedReader:
     def __iter__(self) -> Iterator[Record]:
         produced = 0
         for path in self.files():
+            empty = True
             for where, raw in _raw_records(path):
+                empty = False
                 try:
                     if isinstance(raw, SeedProblem):
                         raise SeedError(raw.what)
@@ -82,6 +94,12 @@ class SeedReader:
                     produced += 1
                     if self.limit is not None and produced >= self.limit:
                         return
+            if empty:
+                raise SeedError(f"{path}: no seed records in the file")
+        if not produced:
+            first = self.problems[0]
+            raise SeedError(f"seeds: no usable seed record: all {self.skipped} were skipped "
+                            f"(first: {first.where}: {first.what})")
 
     def _to_records(self, raw: Any, where: str) -> list[Record]:
         if not isinstance(raw, dict):
@@ -174,10 +192,7 @@ def _raw_records(path: Path) -> Iterator[tuple[str, Any]]:
     """(``file:line``, parsed object or SeedProblem) for every record of a seed file."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for index, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield f"{path}:row {index}", row
+        yield from _parquet_records(path)
         return
     try:
         data = path.read_bytes()
@@ -186,27 +201,144 @@ def _raw_records(path: Path) -> Iterator[tuple[str, Any]]:
     if suffix == ".json":
         try:
             parsed = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            yield f"{path}:{getattr(exc, 'lineno', 1)}", SeedProblem(str(path), f"not valid JSON: {exc}")
+        except UnicodeDecodeError as exc:
+            yield f"{path}:1", SeedProblem(str(path), _not_utf8(exc))
+            return
+        except json.JSONDecodeError as exc:
+            yield f"{path}:{exc.lineno}", SeedProblem(str(path), f"not valid JSON: {exc}")
             return
         if not isinstance(parsed, list):
             yield f"{path}:1", SeedProblem(str(path), "a .json seed file must hold an array of records")
             return
+        may_hold_surrogates = bool(_ESCAPED_SURROGATE.search(data))
         for index, item in enumerate(parsed):
-            yield f"{path}:[{index}]", item
+            where = f"{path}:[{index}]"
+            yield where, (_surrogate_problem(where, item) if may_hold_surrogates else None) or item
         return
     if suffix == ".csv":
-        text = data.decode("utf-8", errors="replace")
-        for index, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-            yield f"{path}:{index}", dict(row)
+        yield from _csv_records(path, data)
         return
     for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
-            yield where, json.loads(line.decode("utf-8"))
+            item = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            yield where, SeedProblem(where, f"not valid UTF-8 (byte {exc.start})")
+            yield where, SeedProblem(where, _not_utf8(exc))
         except json.JSONDecodeError as exc:
             yield where, SeedProblem(where, f"not valid JSON: {exc.msg} at column {exc.colno}")
+        else:
+            yield where, (_ESCAPED_SURROGATE.search(line) and _surrogate_problem(where, item)) or item
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    # Decoding is never guessed: Latin-1 decodes any bytes, so a wrong guess mangles text silently.
+    return (f"not valid UTF-8 (byte {exc.start}); seed files are UTF-8: convert this one, "
+            "e.g. iconv -f latin1 -t utf-8")
+
+
+# JSON may escape half of a UTF-16 surrogate pair ("\ud800"); Python decodes it to a string that
+# cannot be encoded, so the record would fail only when its shard is written.
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _surrogate_problem(where: str, item: Any) -> SeedProblem | None:
+    try:
+        json.dumps(item, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return SeedProblem(where, f"holds an unpaired surrogate {exc.object[exc.start:exc.end]!r}, which is not text")
+    return None
+
+
+def _csv_records(path: Path, data: bytes) -> Iterator[tuple[str, Any]]:
+    """Rows as dicts by the header, each named by the line it starts on (a quoted field may span
+    lines); a line that is not UTF-8, or a row whose field count differs from the header's, is a
+    problem of that line."""
+    undecodable: dict[int, str] = {}
+
+    def lines() -> Iterator[str]:
+        for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                undecodable[number] = _not_utf8(exc)
+                yield "\n"  # read as a blank line; reported below instead
+
+    rows = csv.reader(lines())
+    header: list[str] | None = None
+    last_line = 0
+    try:
+        for row in rows:
+            start, last_line = last_line + 1, rows.line_num
+            where = f"{path}:{start}"
+            if start in undecodable:
+                yield where, SeedProblem(where, undecodable[start])
+            elif not row:
+                continue
+            elif header is None:
+                header = row
+            elif len(row) != len(header):
+                fields = f"{len(row)} field{'s' if len(row) != 1 else ''}"
+                yield where, SeedProblem(where, f"has {fields}, the header has {len(header)}")
+            else:
+                yield where, dict(zip(header, row, strict=True))
+    except csv.Error as exc:
+        where = f"{path}:{last_line + 1}"
+        yield where, SeedProblem(where, f"not valid CSV: {exc}")
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        yield str(path), SeedProblem(str(path), f"not a readable Parquet file: {exc}")
+        return
+    for column in table.schema:
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type) \
+                or pa.types.is_fixed_size_binary(column.type):
+            raise SeedError(f"{path}: column {column.name!r} is binary; seeds are text: drop the column "
+                            "or cast it to string")
+    convert = not all(_json_native(column.type) for column in table.schema)
+    for index, row in enumerate(table.to_pylist(), start=1):
+        where = f"{path}:row {index}"
+        if convert:
+            try:
+                row = {name: _json_safe(value) for name, value in row.items()}
+            except TypeError as exc:
+                yield where, SeedProblem(where, str(exc))
+                continue
+        yield where, row
+
+
+def _json_native(dtype: Any) -> bool:
+    """Whether Arrow values of ``dtype`` come out of ``to_pylist`` as JSON types already."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(dtype):
+        return all(_json_native(field.type) for field in dtype)
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype):
+        return _json_native(dtype.value_type)
+    if pa.types.is_dictionary(dtype):
+        return _json_native(dtype.value_type)
+    return (pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_integer(dtype)
+            or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype) or pa.types.is_null(dtype))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):  # a map column's entries come as (key, value) tuples
+        return [_json_safe(item) for item in value]
+    if isinstance(value, datetime.date | datetime.time):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)  # exact, where a float would round
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        raise TypeError("holds binary data in a nested field; seeds are text")
+    return value

@@ -10,13 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import xxhash
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from filters import FilterSpec
+from gen.prompts import check_renders
 from gen.sampling import Sampling
-from gen.prompts import PROMPTS_DIR
-from gen.stages import STAGES, StageSpec
+from gen.seeds import SeedReader
+from gen.stages import STAGES, SourceStage, StageSpec
 from gen.tiny_model import TINY_MODEL_NAME
 
 
@@ -49,6 +51,16 @@ class ModelSpec(_Section):
     max_in_flight_per_replica: int = Field(2048, ge=1)
     """Requests kept queued per replica: well above vLLM's ``max_num_seqs`` (256 on CPU, 1024 on
     H100/H200), so that when a batch finishes together the next one is already waiting."""
+
+    @field_validator("name")
+    @classmethod
+    def _local_model_exists(cls, name: str) -> str:
+        # A Hugging Face repo id is NAME or ORG/NAME and never starts with "/", "." or "~"; any
+        # other name is a local path, which must exist before an engine is started for it.
+        local = name.startswith(("/", ".", "~")) or name.count("/") > 1
+        if local and not Path(name).exists():
+            raise ValueError(f"no such local model directory {name}")
+        return name
 
     @field_validator("engine_args")
     @classmethod
@@ -111,23 +123,44 @@ class Spec(_Section):
             raise ValueError("seeds: required (only a first stage like magpie makes work from nothing)")
         return self
 
+    @field_validator("stages")
+    @classmethod
+    def _sources_first(cls, stages: list[StageSpec]) -> list[StageSpec]:
+        for index, config in enumerate(stages[1:], start=1):
+            if issubclass(STAGES[type(config)], SourceStage):
+                raise ValueError(f"stages.{index}: {config.type} makes its own work items and must be the first stage")
+        return stages
+
     @field_validator("prompts")
     @classmethod
     def _known_prompts(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(name for name in value if not (PROMPTS_DIR / f"{name}.j2").exists())
+        variables = {name: sample for stage in STAGES.values() for name, sample in stage.prompts.items()}
+        unknown = sorted(set(value) - variables.keys())
         if unknown:
-            known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.j2")))
-            raise ValueError(f"no shipped prompt named {', '.join(unknown)} (known: {known})")
+            raise ValueError(f"no shipped prompt named {', '.join(unknown)} (known: {', '.join(sorted(variables))})")
         for name, path in value.items():
             if not Path(path).is_file():
                 raise ValueError(f"{name}: no such file {path}")
+            try:
+                check_renders(name, path, variables[name])
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         return value
 
     def identity(self) -> dict[str, Any]:
-        """What decides the records of a run: two runs into one output dir must agree on it."""
-        return self.model_dump(mode="json", exclude={"output": {"dir", "commit_interval_s"},
-                                                     "model": {"replicas", "max_in_flight_per_replica"},
-                                                     "failures": True})
+        """What decides the records of a run: two runs into one output dir must agree on it.
+
+        Input files count by content, not by path: their paths are made from the spec file's
+        directory, so the same spec run from another directory, by its absolute path or from a
+        copy of the project (what ``sdg submit`` runs) names them differently, and makes the same
+        records. A changed input file is a changed identity, wherever it lives.
+        """
+        identity = self.model_dump(mode="json", exclude={"output": {"dir", "commit_interval_s"},
+                                                         "model": {"replicas", "max_in_flight_per_replica"},
+                                                         "failures": True})
+        for holder, key in input_path_slots(identity):
+            holder[key] = _content_digest(holder[key])
+        return identity
 
 
 class SpecError(ValueError):
@@ -160,24 +193,28 @@ def _apply_override(data: dict, override: str, path: Path) -> None:
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise SpecError(f"--set {override!r}: expected FIELD.PATH=VALUE")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise SpecError(f"--set {override!r}: the value is not valid YAML: {exc}") from None
     node: Any = data
     parts = key.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth])
         if isinstance(node, list):
-            node = node[_list_index(part, override)]
+            if not part.isdigit():
+                raise SpecError(f"--set {override!r}: {part!r} must be a list index ({where} is a list)")
+            if int(part) >= len(node):
+                raise SpecError(f"--set {override!r}: {where} has {len(node)} item(s)")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise SpecError(f"--set {override!r}: {where} is not a section")
+        elif node.get(part) is None and depth < len(parts) - 1:
+            node[part] = {}  # a section left out, or written with nothing under it
+        if depth == len(parts) - 1:
+            node[part] = value
         else:
-            node = node.setdefault(part, {})
-    value = yaml.safe_load(raw) if raw else ""
-    if isinstance(node, list):
-        node[_list_index(parts[-1], override)] = value
-    else:
-        node[parts[-1]] = value
-
-
-def _list_index(part: str, override: str) -> int:
-    if not part.isdigit():
-        raise SpecError(f"--set {override!r}: {part!r} must be a list index")
-    return int(part)
+            node = node[part]
 
 
 def input_path_slots(data: dict) -> list[tuple[dict | list, str | int]]:
@@ -193,6 +230,17 @@ def input_path_slots(data: dict) -> list[tuple[dict | list, str | int]]:
         if isinstance(f, dict) and isinstance(f.get("benchmarks"), list):
             slots += [(b, "path") for b in f["benchmarks"] if isinstance(b, dict) and "path" in b]
     return [(holder, key) for holder, key in slots if isinstance(holder[key], str)]
+
+
+def _content_digest(pattern: str) -> str:
+    """One digest of the contents of the files a path or glob names, in the order they are read."""
+    digest = xxhash.xxh3_128()
+    for file in SeedReader([pattern]).files():  # expands globs as the seed reader does
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0file\0")  # a.jsonl + b.jsonl differs from one file of both
+    return f"xxh3-128:{digest.hexdigest()}"
 
 
 def _resolve_paths(data: dict, base: Path) -> None:

@@ -96,3 +96,88 @@ def test_real_self_instruct_seed_tasks_load():
     assert reader.skipped == 0
     assert len({r["seed_id"] for r in records}) == 175
     assert any(r["metadata"]["is_classification"] for r in records)
+
+
+# ---------------------------------------------------------------- bad seed files
+
+
+def test_a_ragged_csv_row_is_a_problem_of_its_line(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text('text,label\ngood film,1\n"two\nlines",0\ntoo,many,fields\ntoo few\nbad film,0\n')
+    with pytest.raises(SeedError, match=rf"^{path}:5: has 3 fields, the header has 2"):
+        read([path], format="rows")
+    reader, rows = read([path], format="rows", on_error="skip")
+    assert [r["metadata"]["row"]["text"] for r in rows] == ["good film", "two\nlines", "bad film"]
+    assert [(p.where, p.what) for p in reader.problems] == [
+        (f"{path}:5", "has 3 fields, the header has 2"), (f"{path}:6", "has 1 field, the header has 2")]
+
+
+def test_a_latin1_csv_is_not_silently_mangled(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\nplain,0\ncaf\u00e9 cr\u00e8me,1\n".encode("latin-1"))
+    with pytest.raises(SeedError, match=rf"^{path}:3: not valid UTF-8 \(byte 3\)"):
+        read([path], format="rows")
+    reader, rows = read([path], format="rows", on_error="skip")
+    assert [r["metadata"]["row"]["text"] for r in rows] == ["plain"] and reader.skipped == 1
+
+
+def test_a_corrupt_parquet_file_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "broken.parquet"
+    pq.write_table(pa.table({"instruction": ["One."] * 100}), path)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(SeedError, match=rf"^{path}: not a readable Parquet file"):
+        read([path])
+
+
+def test_an_escaped_lone_surrogate_is_a_problem_of_its_line_not_a_failed_commit(tmp_path):
+    from gen.records import to_table
+
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"instruction": "fine"}\n{"instruction": "bad \\ud800 half"}\n')
+    with pytest.raises(SeedError, match=rf"^{path}:2: .*unpaired surrogate"):
+        read([path])
+    reader, records = read([path], on_error="skip")
+    assert len(records) == 1 and reader.problems[0].where == f"{path}:2"
+    to_table(records, rejected=False)  # what the commit writes
+    array = tmp_path / "surrogate.json"
+    array.write_text('[{"instruction": "fine"}, {"instruction": "\\udc00"}]')
+    with pytest.raises(SeedError, match=rf"^{array}:\[1\]: .*unpaired surrogate"):
+        read([array])
+
+
+def test_parquet_rows_with_dates_and_decimals_become_json_safe_and_binary_is_refused(tmp_path):
+    import datetime
+    import decimal
+
+    from gen.records import to_table
+
+    path = tmp_path / "typed.parquet"
+    pq.write_table(pa.table({
+        "text": ["on time"], "day": [datetime.date(2024, 2, 29)],
+        "at": [datetime.datetime(2024, 2, 29, 12, 30, tzinfo=datetime.UTC)],
+        "price": pa.array([decimal.Decimal("12.50")], pa.decimal128(6, 2)),
+        "tags": [["a", "b"]],
+    }), path)
+    _, rows = read([path], format="rows")
+    assert rows[0]["metadata"]["row"] == {"text": "on time", "day": "2024-02-29", "at": "2024-02-29T12:30:00+00:00",
+                                          "price": "12.50", "tags": ["a", "b"]}
+    to_table(rows, rejected=False)  # every commit failed on these before
+    binary = tmp_path / "binary.parquet"
+    pq.write_table(pa.table({"text": ["x"], "image": [b"\x89PNG"]}), binary)
+    with pytest.raises(SeedError, match=rf"^{binary}: column 'image' is binary"):
+        read([binary], format="rows")
+
+
+def test_an_empty_seed_file_or_one_with_no_usable_record_is_an_error(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(SeedError, match=rf"^{empty}: no seed records in the file"):
+        read([empty])
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("text,label\n")
+    with pytest.raises(SeedError, match=rf"^{header_only}: no seed records in the file"):
+        read([header_only], format="rows")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x"}\n{"text": "y"}\n')
+    with pytest.raises(SeedError, match=r"no usable seed record: all 2 were skipped \(first: .*bad.jsonl:1: "):
+        read([bad], on_error="skip")

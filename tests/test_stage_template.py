@@ -59,6 +59,18 @@ def test_bad_rows_and_unsafe_templates_are_dropped_not_raised():
     assert "subclasses" not in str(record["messages"])
 
 
+@pytest.mark.timeout(60)
+def test_a_template_over_the_render_bounds_drops_the_row_naming_the_template():
+    costly = Template(TemplateConfig(templates=[
+        {"name": "bomb", "jinja": "{{ text * 100000000 }} ||| {{ label }}"},
+        {"name": "loops", "jinja": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                                   "{% endfor %}{{ text }} ||| {{ label }}"}], templates_per_example=2), context(None))
+    records = asyncio.run(costly.process(row_record(0, {"text": "a", "label": "1"})))
+    assert sorted((r["template"], r["_drop"]["reason"]) for r in records) == [
+        ("bomb", "template_too_costly"), ("loops", "template_too_costly")]
+    assert all(f"template {r['template']!r}: " in r["_drop"]["evidence"]["error"] for r in records)
+
+
 def test_malformed_templates_are_refused_when_the_spec_is_read():
     with pytest.raises(ValidationError, match=r"exactly one \|\|\|"):
         TemplateConfig(templates=[{"name": "a", "jinja": "no separator"}])

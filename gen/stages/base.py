@@ -61,6 +61,9 @@ class Stage(ABC):
     name: ClassVar[str]
     uses_llm: ClassVar[bool] = True
     needs_seeds: ClassVar[bool] = True  # as the first stage: whether the spec must name seeds
+    prompts: ClassVar[dict[str, dict[str, Any]]] = {}
+    """The prompt templates this stage renders, each with sample values of the variables it passes:
+    a spec's override of one is checked by rendering it with them before anything starts."""
 
     def __init__(self, config: StageConfig, ctx: StageContext):
         self.config = config
@@ -73,6 +76,8 @@ class Stage(ABC):
 
     def prompt(self, name: str) -> PromptTemplate:
         """A prompt template shipped in ``gen/prompts``, or the spec's override of it."""
+        if name not in self.prompts:
+            raise KeyError(f"{self.name} renders {name!r} but does not declare it in {type(self).__name__}.prompts")
         return PromptTemplate.load(name, self.ctx.prompt_overrides.get(name))
 
     def derive(

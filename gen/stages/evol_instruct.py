@@ -94,6 +94,11 @@ def parse_equality(judgement: str) -> bool | None:
 
 class EvolInstruct(Stage):
     name = "evol_instruct"
+    prompts = {
+        "evol_in_depth": {"instruction": "Name three primary colours.", "op": "add_constraints"},
+        "evol_in_breadth": {"instruction": "Name three primary colours.", "op": "breadth"},
+        "evol_equality": {"first": "Name three primary colours.", "second": "Name three colours."},
+    }
 
     def __init__(self, config: EvolInstructConfig, ctx: StageContext):
         super().__init__(config, ctx)

@@ -59,6 +59,10 @@ def user_message(generation: str) -> tuple[str, bool]:
 
 class SelfChat(Stage):
     name = "self_chat"
+    prompts = {"self_chat_user": {
+        "topic": "the sea", "persona": "a retired engineer",
+        "conversation": [{"role": "user", "content": "Why is the sea salty?"},
+                         {"role": "assistant", "content": "Rivers carry dissolved minerals into it."}]}}
 
     def __init__(self, config: SelfChatConfig, ctx: StageContext):
         super().__init__(config, ctx)

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from filters.quality import InstructionRules, InstructionRulesConfig
 from gen.novelty import DEFAULT_THRESHOLD, NoveltyIndex
@@ -55,8 +55,9 @@ class SelfInstructConfig(StageConfig):
     """Instructions shown per request (paper: 8)."""
     machine_instructions_per_prompt: int = Field(2, ge=0)
     """Of those, how many are machine-made once the pool has them (paper: 2; the rest are seeds)."""
-    rouge_threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1)
-    """Keep a candidate only if its ROUGE-L F1 with every pool instruction is at most this (paper: 0.7)."""
+    rouge_threshold: float = Field(DEFAULT_THRESHOLD, gt=0, lt=1)
+    """Keep a candidate only if its ROUGE-L F1 with every pool instruction is at most this (paper: 0.7).
+    Below 1: every F1 is at most 1, so at 1 nothing would ever be too similar."""
     classification: bool = False
     """The paper's classification variant: show classification seeds only, under the
     "Come up with a series of classification tasks" header."""
@@ -75,6 +76,14 @@ class SelfInstructConfig(StageConfig):
     candidate is machine-written, so ``applies_to`` does not matter here."""
     instance_sampling: Sampling | None = None
     """Overrides for the classification question and instance requests (``sampling`` covers the list)."""
+
+    @model_validator(mode="after")
+    def _seeds_in_every_prompt(self) -> SelfInstructConfig:
+        if self.machine_instructions_per_prompt >= self.prompt_instructions:
+            raise ValueError(f"machine_instructions_per_prompt ({self.machine_instructions_per_prompt}) must be "
+                             f"below prompt_instructions ({self.prompt_instructions}): at least one seed task "
+                             "is shown in each request")
+        return self
 
 
 # The paper's decoding (bootstrap_instructions.py): a fairly focused list, pushed away from
@@ -165,8 +174,20 @@ class ListReply:
     completion: Completion
 
 
+_SAMPLE_TASK = {"instruction": "Is this review positive or negative?", "input": "A fine film.",
+                "output": "Positive", "is_classification": True}
+_SAMPLE_INSTANCE_PROMPT = {"examples": [_SAMPLE_TASK], "task": "Sort the numbers in ascending order."}
+
+
 class SelfInstruct(SourceStage):
     name = "self_instruct"
+    prompts = {
+        "self_instruct": {"instructions": ["Name three primary colours.", "Sort the numbers: 3, 1, 2."],
+                          "classification": False},
+        "self_instruct_is_classification": _SAMPLE_INSTANCE_PROMPT,
+        "self_instruct_input_first": _SAMPLE_INSTANCE_PROMPT,
+        "self_instruct_output_first": _SAMPLE_INSTANCE_PROMPT,
+    }
 
     def __init__(self, config: SelfInstructConfig, ctx: StageContext):
         super().__init__(config, ctx)

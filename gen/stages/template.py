@@ -6,9 +6,10 @@ columns are the template's variables (also reachable as ``row["column name"]``),
 ``answer_choices``. Each example gets ``templates_per_example`` templates drawn by a generator
 seeded from ``seed`` and the row's id, so a rerun renders exactly the same records.
 
-Templates render in Jinja's sandbox (as every prompt here): a spec is data, never code. A
-template that names a missing column, or tries something the sandbox forbids, drops that row
-with the error as evidence.
+Templates render in Jinja's sandbox, within the bounds of every prompt here (:mod:`gen.prompts`):
+a spec is data, never code, and no template stalls the run. A template that names a missing
+column, tries something the sandbox forbids, or exceeds the bounds drops that row with the error
+as evidence.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from typing import Literal
 
 from jinja2 import TemplateError, TemplateSyntaxError
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gen.prompts import PromptTemplate
+from gen.prompts import PromptTemplate, TemplateTooCostly, parse
 from gen.records import Record, drop
 from gen.stages.base import Stage, StageConfig, StageContext
 
@@ -41,7 +41,7 @@ class RowTemplate(BaseModel):
         if source.count(SEPARATOR) != 1:
             raise ValueError(f"a template is '<instruction> {SEPARATOR} <output>': exactly one {SEPARATOR}")
         try:
-            ImmutableSandboxedEnvironment().parse(source)
+            parse(source)
         except TemplateSyntaxError as exc:
             raise ValueError(f"Jinja syntax error on line {exc.lineno}: {exc.message}") from None
         return source
@@ -89,6 +89,8 @@ class Template(Stage):
 
         try:
             text = template.render(**row, row=row, answer_choices=self.config.answer_choices)
+        except TemplateTooCostly as exc:
+            return drop(made([]), self.name, "template_too_costly", error=str(exc))
         except SecurityError as exc:
             return drop(made([]), self.name, "template_unsafe", error=str(exc))
         except (TemplateError, TypeError, ValueError, IndexError, KeyError) as exc:
