@@ -70,32 +70,39 @@ def head() -> Iterator[Head]:
                    capture_output=True)
     # Short path: Ray's unix sockets live below it and must fit in 107 characters.
     temp_dir = tempfile.mkdtemp(prefix="sdg-head-", dir="/tmp")
-    port = _free_port()
-    dashboard_port = _free_port()
     env = _env_without_ray_settings()
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env['PATH']}"  # the job's `python` is this venv's
     env["RAY_TMPDIR"] = temp_dir  # keeps its ray_current_cluster file away from /tmp/ray
-    process = subprocess.Popen(
-        [VENV_BIN / "ray", "start", "--head", "--block", f"--port={port}",
-         f"--dashboard-port={dashboard_port}", "--include-dashboard=true", "--num-cpus=2",
-         f"--ray-client-server-port={_free_port()}",
-         f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={temp_dir}"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    process = None
     try:
-        deadline = time.monotonic() + 90
-        while _http_status(f"{dashboard}/api/jobs/") is None:
-            assert process.poll() is None, "ray start --head exited"
-            assert time.monotonic() < deadline, "the job server did not come up in 90 s"
-            time.sleep(1)
+        # A port found free is released before Ray binds it, so another process can take it
+        # first: then the head exits, and it is started again on other ports.
+        for _attempt in range(3):
+            port, dashboard_port = _free_port(), _free_port()
+            process = subprocess.Popen(
+                [VENV_BIN / "ray", "start", "--head", "--block", f"--port={port}",
+                 f"--dashboard-port={dashboard_port}", "--include-dashboard=true", "--num-cpus=2",
+                 f"--ray-client-server-port={_free_port()}",
+                 f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={temp_dir}"],
+                env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            dashboard = f"http://127.0.0.1:{dashboard_port}"
+            deadline = time.monotonic() + 90
+            # 401: this is our token-auth job server, not whatever else may listen there.
+            while _http_status(f"{dashboard}/api/jobs/") != 401 and process.poll() is None:
+                assert time.monotonic() < deadline, "the job server did not come up in 90 s"
+                time.sleep(1)
+            if process.poll() is None:
+                break
+        assert process.poll() is None, "ray start --head exited three times"
         yield Head(f"127.0.0.1:{port}", dashboard)
     finally:
-        process.terminate()  # --block: the head drains its node, stops its processes and exits
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=60)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # anything it left behind
-        process.wait()
+        if process is not None:
+            process.terminate()  # --block: the head drains its node, stops its processes and exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=60)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # anything it left behind
+            process.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
