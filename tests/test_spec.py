@@ -251,3 +251,18 @@ def test_the_same_spec_from_another_directory_or_by_absolute_path_has_one_identi
     assert load_spec(tmp_path / "copy" / "spec.yaml").identity()["seeds"] != relative["seeds"]
     (tmp_path / "project" / "mine.j2").write_text("{{ op }}: {{ instruction }}")
     assert load_spec(tmp_path / "project" / "spec.yaml").identity()["prompts"] != relative["prompts"]
+
+
+def test_a_run_dir_takes_the_same_spec_from_anywhere_and_refuses_a_changed_seed_file(tmp_path, monkeypatch):
+    from gen.sink import OutputError, ShardSink
+
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "seeds.jsonl").write_text('{"instruction": "Go."}\n')
+    write(tmp_path / "project", GOOD)
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    for spec_path in ("project/spec.yaml", tmp_path / "project" / "spec.yaml"):
+        ShardSink.open(out, load_spec(spec_path).identity(), "zstd").close()
+    (tmp_path / "project" / "seeds.jsonl").write_text('{"instruction": "Stop."}\n')
+    with pytest.raises(OutputError, match=r"different spec \(changed: seeds.paths\)"):
+        ShardSink.open(out, load_spec("project/spec.yaml").identity(), "zstd")
