@@ -70,15 +70,17 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
         seeds = SeedReader(**spec.seeds.model_dump()) if spec.seeds else None
         seed_records = list(seeds) if seeds else []
         owns_ray = connect(address)
+        # Filters before the engine: a benchmark or model file they cannot read fails in seconds,
+        # not after the model loaded.
+        chain = build_chain(spec.filters, committed=lambda: sink.committed.records(kinds=("data",)))
+        if any(f.stateful for f in chain.filters) and sink.committed.entries:
+            chain.observe_committed(sink.committed.records(kinds=("data",)))  # resuming
         if engine is None and any(STAGES[type(c)].uses_llm for c in spec.stages):
             engine = owned_engine = start_engine(spec)
         engine_ready = time.monotonic()
         ctx = StageContext(engine=engine, model=spec.model.name, sampling=spec.sampling,
                            prompt_overrides=spec.prompts)
         stages = [build_stage(config, ctx) for config in spec.stages]
-        chain = build_chain(spec.filters, committed=lambda: sink.committed.records(kinds=("data",)))
-        if any(f.stateful for f in chain.filters) and sink.committed.entries:
-            chain.observe_committed(sink.committed.records(kinds=("data",)))  # resuming
         session = _Session(sink, chain, stages, spec,
                            concurrency=engine.capacity if engine else NO_ENGINE_CONCURRENCY)
         served_before = _served(engine)
