@@ -165,7 +165,8 @@ def test_sigterm_commits_what_is_complete_exits_saying_how_to_resume_and_leaves_
         tmp_path, engine_pool, sdg_env, reference):
     spec_path, clusters = near_duplicate_pairs(tmp_path, PAIRS)
     output, log = tmp_path / "out", tmp_path / "run.log"
-    process = start_sdg_run(spec_path, output, sdg_env, log, "--set", "failures.grace_period_s=5")
+    # No grace: the tiny model would finish everything in flight within any grace period.
+    process = start_sdg_run(spec_path, output, sdg_env, log, "--set", "failures.grace_period_s=0")
     try:
         wait_for_commits(output, 1, process, log)
         started = descendants(process.pid)  # the embedded Ray and the engine it started
