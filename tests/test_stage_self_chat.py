@@ -18,6 +18,7 @@ def test_user_message_parsing():
     assert user_message("  Tell me more. ") == ("Tell me more.", False)
     assert user_message("Thanks, that helps! [END]") == ("Thanks, that helps!", True)
     assert user_message("[END]") == ("", True)
+    assert user_message("User: And in winter?") == ("And in winter?", False)  # SmolLM2 adds the label
 
 
 def scripted(user_replies: list[str]):
