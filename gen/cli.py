@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -71,6 +72,26 @@ def _run(spec, address: str | None, progress: bool | None) -> None:
         f"{totals['kept']} kept, {totals['rejected']} rejected records in {spec.output.dir} "
         f"({this_run['completion_tokens']} tokens generated this run, "
         f"{this_run['tokens_per_s']} tok/s); manifest: {Path(spec.output.dir) / 'manifest.json'}")
+    _show_kept(Path(spec.output.dir))
+
+
+SHOWN_RECORDS = 3
+SHOWN_CHARS = 160  # per message
+
+
+def _show_kept(out_dir: Path) -> None:
+    """The first few kept records, each message shortened, so a run ends by showing what it made."""
+    import pyarrow.dataset as ds
+
+    if not any((out_dir / "data").glob("*.parquet")):
+        return
+    rows = ds.dataset(out_dir / "data", format="parquet").head(SHOWN_RECORDS, columns=["messages"]).to_pylist()
+    if rows:
+        typer.echo(f"The first {len(rows)} kept records:")
+    for row in rows:
+        for turn, message in enumerate(row["messages"]):
+            text = textwrap.shorten(message["content"], SHOWN_CHARS, placeholder=" ...")
+            typer.echo(f"{'  - ' if turn == 0 else '    '}{message['role']}: {text}")
 
 
 @app.command("filter")

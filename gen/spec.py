@@ -18,8 +18,8 @@ from filters import FilterSpec
 from gen.prompts import check_renders
 from gen.sampling import Sampling
 from gen.seeds import SeedReader
+from gen.smollm2_model import NAME as EMBEDDED_DEFAULT_MODEL
 from gen.stages import STAGES, SourceStage, StageSpec
-from gen.tiny_model import TINY_MODEL_NAME
 
 
 class _Section(BaseModel):
@@ -39,8 +39,9 @@ class SeedsSpec(_Section):
 
 
 class ModelSpec(_Section):
-    name: str = TINY_MODEL_NAME
-    """HF model id or local path; ``sdg/tiny-random-chat`` is the embedded offline test model."""
+    name: str = EMBEDDED_DEFAULT_MODEL
+    """HF model id or local path; or an embedded model sdg builds offline (``gen/embedded_models.py``):
+    ``sdg/smollm2-135m-instruct`` (real text) or ``sdg/tiny-random-chat`` (noise, for tests)."""
     dtype: str = "auto"
     max_model_len: int | None = Field(None, ge=16)
     tensor_parallel_size: int = Field(1, ge=1)

@@ -1,4 +1,5 @@
-"""Shared, expensive fixtures: one local Ray and one vLLM engine (tiny model) per test session."""
+"""Shared, expensive fixtures: one local Ray and, per test session, one vLLM engine for each
+embedded model: the tiny one (noise, fast) and SmolLM2 (real text), started on first use."""
 
 from __future__ import annotations
 
@@ -30,16 +31,30 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from gen.tiny_model import ensure_tiny_model
+    from gen.embedded_models import local_path
+    from gen.tiny_model import NAME
 
-    return ensure_tiny_model()
+    return Path(local_path(NAME))
 
 
 @pytest.fixture(scope="session")
 def engine_pool(ray_session, tiny_model_path):
+    yield from _pool(str(tiny_model_path))
+
+
+@pytest.fixture(scope="session")
+def smollm2_pool(ray_session):
+    from gen.embedded_models import local_path
+    from gen.smollm2_model import NAME
+
+    # eager: on CPU its start-up is a fraction of compiling's, at the same decoding speed (README)
+    yield from _pool(local_path(NAME), enforce_eager=True)
+
+
+def _pool(model_path: str, **engine_args):
     from cluster.engine import start_replicas
 
-    pool = start_replicas({"model": str(tiny_model_path), **TEST_ENGINE_ARGS}, replicas=1,
+    pool = start_replicas({"model": model_path, **TEST_ENGINE_ARGS, **engine_args}, replicas=1,
                           tensor_parallel_size=1, max_in_flight_per_replica=64)
     yield pool
     pool.shutdown()

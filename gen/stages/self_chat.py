@@ -11,6 +11,7 @@ conversation ends at the marker or after ``turns`` exchanges; the record's ``mes
 from __future__ import annotations
 
 import random
+import re
 from typing import Literal
 
 from pydantic import Field
@@ -21,6 +22,8 @@ from gen.stages.base import Stage, StageConfig, StageContext
 from gen.stages.common import failure, layered_sampling
 
 END_MARKER = "[END]"  # what the user simulator writes to end the conversation (the prompt says so)
+# Small models label the message they write as the transcript in the prompt does, though asked not to.
+_USER_LABEL = re.compile(r"^user\s*:\s*", re.IGNORECASE)
 
 
 class SelfChatConfig(StageConfig):
@@ -49,9 +52,9 @@ def user_message(generation: str) -> tuple[str, bool]:
     """The simulated user's message and whether it ends the conversation.
 
     The end marker anywhere ends it; text before the marker is the user's farewell, kept only if it
-    says something.
+    says something. A leading "User:" label is not part of the message.
     """
-    text = generation.strip()
+    text = _USER_LABEL.sub("", generation.strip())
     if END_MARKER in text:
         return text.split(END_MARKER, 1)[0].strip(), True
     return text, False
