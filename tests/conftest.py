@@ -12,8 +12,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # real data beside the project, when present
 
-# Small enough to start beside the subprocess runs some tests make (each reserves its own cache).
-TEST_ENGINE_ARGS = {"dtype": "float32", "max_model_len": 1024, "kv_cache_memory_bytes": 512 << 20, "seed": 0}
+# Small enough to start beside the subprocess runs some tests make (each reserves its own cache);
+# eager, because on CPU it starts several times faster than compiling (README: Start-up on CPU) and
+# the tests start many engines.
+TEST_ENGINE_ARGS = {"dtype": "float32", "max_model_len": 1024, "kv_cache_memory_bytes": 512 << 20, "seed": 0,
+                    "enforce_eager": True}
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +50,7 @@ def smollm2_pool(ray_session):
     from gen.embedded_models import local_path
     from gen.smollm2_model import NAME
 
-    # eager: on CPU its start-up is a fraction of compiling's, at the same decoding speed (README)
-    yield from _pool(local_path(NAME), enforce_eager=True)
+    yield from _pool(local_path(NAME))
 
 
 def _pool(model_path: str, **engine_args):
