@@ -317,6 +317,7 @@ cluster.shutdown()
 """
 
 
+@pytest.mark.multinode
 def test_a_node_removed_mid_run_moves_its_replica_and_loses_nothing(tmp_path, engine_pool, reference, sdg_env):
     """A multi-node cluster (ray.cluster_utils.Cluster, in its own process); the node holding the
     replica goes away after the first commit; Ray restarts the replica on the other node."""
