@@ -98,10 +98,11 @@ def main() -> None:
     parser.add_argument("--no-cpu-kv-cache", action="store_true", help="leave the KV cache size to vLLM (GPU)")
     args = parser.parse_args()
 
-    from gen.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
+    from gen.embedded_models import EMBEDDED_MODELS, local_path
 
-    model_path = str(ensure_tiny_model()) if args.model == TINY_MODEL_NAME else args.model
-    dtype = "float32" if args.model == TINY_MODEL_NAME and args.dtype == "auto" else args.dtype
+    model_path = local_path(args.model)
+    # the embedded models are float32 checkpoints for CPUs without bfloat16
+    dtype = "float32" if args.model in EMBEDDED_MODELS and args.dtype == "auto" else args.dtype
     extra = {} if args.no_cpu_kv_cache else {"kv_cache_memory_bytes": int(args.kv_cache_gib * (1 << 30))}
     sampling = {"temperature": 0.8, "top_p": 0.95, "max_tokens": args.max_tokens, "ignore_eos": True}
     prompts = instructions(args.prompts)

@@ -35,9 +35,9 @@ from gen.progress import Progress
 from gen.records import DROP_KEY, Record, drop, is_dropped
 from gen.seeds import SeedReader
 from gen.sink import ShardSink
+from gen.embedded_models import local_path
 from gen.spec import Spec
 from gen.stages import STAGES, SourceStage, Stage, StageContext, WorkItem, build_stage
-from gen.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 
 if TYPE_CHECKING:
     from cluster.engine import EnginePool
@@ -108,9 +108,8 @@ def start_engine(spec: Spec):
     from cluster.engine import EngineLimits, start_replicas
 
     model, failures = spec.model, spec.failures
-    path = str(ensure_tiny_model()) if model.name == TINY_MODEL_NAME else model.name
     engine_args: dict[str, Any] = {
-        "model": path,
+        "model": local_path(model.name),
         "served_model_name": model.name,
         "dtype": model.dtype,
         "tensor_parallel_size": model.tensor_parallel_size,

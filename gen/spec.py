@@ -17,7 +17,7 @@ from filters import FilterSpec
 from gen.sampling import Sampling
 from gen.prompts import PROMPTS_DIR
 from gen.stages import STAGES, StageSpec
-from gen.tiny_model import TINY_MODEL_NAME
+from gen.smollm2_model import NAME as EMBEDDED_DEFAULT_MODEL
 
 
 class _Section(BaseModel):
@@ -37,8 +37,9 @@ class SeedsSpec(_Section):
 
 
 class ModelSpec(_Section):
-    name: str = TINY_MODEL_NAME
-    """HF model id or local path; ``sdg/tiny-random-chat`` is the embedded offline test model."""
+    name: str = EMBEDDED_DEFAULT_MODEL
+    """HF model id or local path; or an embedded model sdg builds offline (``gen/embedded_models.py``):
+    ``sdg/smollm2-135m-instruct`` (real text) or ``sdg/tiny-random-chat`` (noise, for tests)."""
     dtype: str = "auto"
     max_model_len: int | None = Field(None, ge=16)
     tensor_parallel_size: int = Field(1, ge=1)

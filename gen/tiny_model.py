@@ -1,18 +1,16 @@
-"""The embedded default model: a tiny, randomly initialised chat model built offline.
+"""The embedded test model: a tiny, randomly initialised chat model built offline.
 
-No weights can be downloaded on the machines that run the quickstart and CI, so sdg builds
-(once, then cached) a real HF architecture with a real tokenizer and chat template, saved with
-``save_pretrained``. vLLM loads it exactly like a hub model. Its output is noise: it exercises the
-engine path and throughput, never the quality of the text.
+A real HF architecture with a real tokenizer and chat template, saved with ``save_pretrained``
+(built on first use by ``gen.embedded_models``). Its output is noise: it exercises the engine
+path and throughput fast, never the quality of the text; tests use it where text does not matter.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-TINY_MODEL_NAME = "sdg/tiny-random-chat"
-"""The spec's ``model.name`` that selects the embedded model instead of an HF id or path."""
+NAME = "sdg/tiny-random-chat"
+"""The spec's ``model.name`` that selects this model."""
 
 # ChatML: a template with a clear user-turn prefix, which the magpie stage relies on.
 CHAT_TEMPLATE = (
@@ -35,11 +33,6 @@ ARCHITECTURE = dict(
 BUILD_VERSION = "1"  # bump when the recipe above changes, so cached copies are rebuilt
 
 
-def cache_dir() -> Path:
-    root = Path(os.environ.get("SDG_CACHE", Path.home() / ".cache" / "sdg"))
-    return root / f"tiny-random-chat-v{BUILD_VERSION}"
-
-
 # Text to learn a byte-level BPE from: enough English for plausible token boundaries. Byte-level
 # means any input still tokenizes, so prompts in any language work.
 _TRAINING_TEXT = """
@@ -55,14 +48,11 @@ Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000, and punctuation: . , ; : ! ? ( ) [ ] { 
 """.strip().splitlines()
 
 
-def build(target: Path) -> Path:
-    """Build the tokenizer and the random model into ``target`` (atomically: tmp dir + rename)."""
+def build(target: Path) -> None:
+    """Write the tokenizer and the random model into the empty dir ``target``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -81,7 +71,7 @@ def build(target: Path) -> Path:
         model_max_length=ARCHITECTURE["max_position_embeddings"],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(tmp)
+    tokenizer.save_pretrained(target)
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -93,20 +83,5 @@ def build(target: Path) -> Path:
         torch_dtype="float32",
         **ARCHITECTURE,
     )
-    LlamaForCausalLM(config).save_pretrained(tmp)
-    tmp.rename(target)
-    return target
+    LlamaForCausalLM(config).save_pretrained(target)
 
-
-def ensure_tiny_model() -> Path:
-    """Return the local path of the embedded model, building it on first use."""
-    target = cache_dir()
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            build(target)
-        except OSError:
-            # Another process won the race to build it: use theirs.
-            if not (target / "config.json").exists():
-                raise
-    return target

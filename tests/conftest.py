@@ -30,9 +30,10 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from gen.tiny_model import ensure_tiny_model
+    from gen.embedded_models import local_path
+    from gen.tiny_model import NAME
 
-    return ensure_tiny_model()
+    return Path(local_path(NAME))
 
 
 @pytest.fixture(scope="session")

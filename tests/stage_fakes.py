@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cluster.engine import Completion
 from gen.sampling import Sampling
@@ -14,8 +15,14 @@ def completion(text: str, finish_reason: str = "stop") -> Completion:
     return Completion(text, finish_reason, prompt_tokens=10, completion_tokens=len(text.split()))
 
 
+@dataclass(frozen=True)
+class Request:
+    prompt: object  # the text (``complete``) or the messages (``chat``)
+    sampling: dict  # as the stage sent it, so tests can check the settings that reach the engine
+
+
 class ScriptedEngine:
-    """Answers each request with ``reply(prompt)``; records every prompt it was sent."""
+    """Answers each request with ``reply(prompt)``; records every request it was sent."""
 
     def __init__(self, reply: Callable[[object], Completion], user_turn_prefix: str | None = "<|im_start|>user\n",
                  capacity: int = 4):
@@ -24,16 +31,24 @@ class ScriptedEngine:
         self.capacity = capacity
         self.max_model_len = 2048
         self.chat_template = None
-        self.prompts: list[object] = []
+        self.requests: list[Request] = []
+
+    @property
+    def prompts(self) -> list[object]:
+        return [request.prompt for request in self.requests]
+
+    def sampling_of(self, wanted: Callable[[object], bool]) -> list[dict]:
+        """The sampling settings of the requests whose prompt ``wanted`` picks."""
+        return [request.sampling for request in self.requests if wanted(request.prompt)]
 
     async def complete(self, prompt: str, sampling: dict, key: str) -> list[Completion]:
-        return await self._answer(prompt)
+        return await self._answer(prompt, sampling)
 
     async def chat(self, messages: list[dict[str, str]], sampling: dict, key: str) -> list[Completion]:
-        return await self._answer(messages)
+        return await self._answer(messages, sampling)
 
-    async def _answer(self, prompt) -> list[Completion]:
-        self.prompts.append(prompt)
+    async def _answer(self, prompt, sampling: dict) -> list[Completion]:
+        self.requests.append(Request(prompt, dict(sampling)))
         await asyncio.sleep(0)  # let other requests interleave, as with the real pool
         return [self.reply(prompt)]
 

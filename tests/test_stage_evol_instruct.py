@@ -34,7 +34,8 @@ def test_elimination_rules_on_known_outputs():
     assert parse_equality("They differ") is None
 
 
-def run(replies: dict[str, str], config: EvolInstructConfig) -> list[dict]:
+def run(replies: dict[str, str], config: EvolInstructConfig, engine_log: list | None = None,
+        **spec_sampling) -> list[dict]:
     def reply(messages):
         text = messages[-1]["content"]
         for marker, answer in replies.items():
@@ -42,7 +43,10 @@ def run(replies: dict[str, str], config: EvolInstructConfig) -> list[dict]:
                 return completion(answer() if callable(answer) else answer)
         return completion("Mangoes, papayas and guavas all grow in the tropics.")
 
-    stage = EvolInstruct(config, context(ScriptedEngine(reply)))
+    engine = ScriptedEngine(reply)
+    if engine_log is not None:
+        engine_log.append(engine)
+    stage = EvolInstruct(config, context(engine, **spec_sampling))
     return asyncio.run(stage.process(SEED))
 
 
@@ -63,6 +67,22 @@ def test_each_round_keeps_evol_round_and_op_and_evolves_the_last_survivor():
     assert records[0]["method"] == "seed>evol_instruct" and records[0]["template"] in ("evol_in_depth", "evol_in_breadth")
     again = run(evolving_replies(), EvolInstructConfig(rounds=3))
     assert [r["metadata"]["evol_op"] for r in again] == [r["metadata"]["evol_op"] for r in records]
+
+
+def test_rewrites_judgements_and_answers_get_their_own_sampling():
+    engines: list = []
+    run(evolving_replies(), EvolInstructConfig(rounds=2, evolve_sampling={"max_tokens": 64}), engines,
+        temperature=0.7, max_tokens=200)
+    [engine] = engines
+
+    def asked(*markers):
+        return lambda messages: any(marker in messages[-1]["content"] for marker in markers)
+    rewrites = engine.sampling_of(asked("Make it harder", "brand-new prompt"))
+    judgements = engine.sampling_of(asked("Are they equal"))
+    answers = engine.sampling_of(lambda m: not asked("Make it harder", "brand-new prompt", "Are they equal")(m))
+    assert rewrites == [{"temperature": 1.0, "max_tokens": 64, "n": 1}] * 2  # WizardLM: ChatGPT's default
+    assert judgements == [{"temperature": 0.0, "max_tokens": 8, "n": 1}] * 2
+    assert answers == [{"temperature": 0.7, "max_tokens": 200, "n": 1}] * 2
 
 
 def test_eliminated_evolutions_go_to_rejected_with_their_rule():

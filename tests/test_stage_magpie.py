@@ -31,6 +31,22 @@ def test_the_model_gets_only_its_user_turn_prefix_then_answers():
     ]
     assert sorted(r["work_key"] for r in records) == ["magpie/0", "magpie/1", "magpie/2"]
     assert records[0]["metadata"]["pre_query"] == "<|im_start|>user\n"
+    # the paper's decoding: instructions hot and wide, answers greedy
+    written = pool.sampling_of(lambda p: isinstance(p, str))
+    answered = pool.sampling_of(lambda p: isinstance(p, list))
+    assert all(s["temperature"] == 1.0 and s["top_p"] == 0.99 and s["max_tokens"] == 512 for s in written)
+    assert len(answered) == 3 and all(s["temperature"] == 0.0 for s in answered)
+
+
+def test_stage_overrides_win_over_the_papers_decoding():
+    pool = engine()
+    config = MagpieConfig(target=2, instruction_sampling={"max_tokens": 40, "temperature": 0.8},
+                          sampling={"max_tokens": 64})
+    asyncio.run(collect(Magpie(config, context(pool, temperature=0.5, stop=["###"])).generate([], Committed())))
+    [written, *_] = pool.sampling_of(lambda p: isinstance(p, str))
+    [answered, *_] = pool.sampling_of(lambda p: isinstance(p, list))
+    assert written == {"temperature": 0.8, "top_p": 0.99, "max_tokens": 40, "stop": ["###"], "n": 1}
+    assert answered == {"temperature": 0.0, "max_tokens": 64, "stop": ["###"], "n": 1}
 
 
 def test_a_model_without_a_user_turn_prefix_is_refused_clearly():

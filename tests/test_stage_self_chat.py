@@ -53,6 +53,19 @@ def test_topic_opens_the_conversation_and_turns_cap_it():
     assert "poetry forms" in opening_prompt and "a curious student" in opening_prompt
 
 
+def test_user_and_assistant_turns_get_their_own_sampling():
+    engine = scripted(["What is a sonnet?", "And a haiku?"])
+    config = SelfChatConfig(turns=2, topics=["poetry"], user_sampling={"max_tokens": 48},
+                            sampling={"temperature": 0.2})
+    asyncio.run(SelfChat(config, context(engine, temperature=0.7, max_tokens=100)).process(EMPTY))
+    def is_user_side(messages):
+        return messages[0]["content"].startswith("You are playing the user")
+    user_side = engine.sampling_of(is_user_side)
+    assistant_side = engine.sampling_of(lambda messages: not is_user_side(messages))
+    assert user_side == [{"temperature": 1.0, "top_p": 0.95, "max_tokens": 48, "n": 1}] * 2
+    assert assistant_side == [{"temperature": 0.2, "max_tokens": 100, "n": 1}] * 2
+
+
 def test_nothing_to_talk_about_and_failures_are_dropped_with_a_reason():
     stage = SelfChat(SelfChatConfig(), context(scripted([])))
     assert asyncio.run(stage.process(EMPTY))[0]["_drop"]["reason"] == "no_topic"

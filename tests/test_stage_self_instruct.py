@@ -113,6 +113,23 @@ def test_instances_input_first_and_output_first_parsing_and_rules():
 
     labelled = "Class label: Positive\nInput: I loved it.\n\nClass label: Negative\nInput: Awful film.\n"
     assert parse_output_first(labelled) == [("I loved it.", "Positive"), ("Awful film.", "Negative")]
+    # SmolLM2 ends a labelled input with an input-first "Output:" line
+    assert parse_output_first("\nClass label: yes\nInput: 347\nOutput: no") == [("347", "yes")]
+
+
+def test_the_last_instance_of_a_cut_off_generation_is_dropped():
+    def reply(prompt: str):
+        if prompt.endswith("Is it classification?"):
+            return completion(" No")
+        if prompt.startswith("Write examples"):
+            return completion("Example 1\nInput: 2 + 2\nOutput: 4\n\nExample 2\nInput: 3 + 5\nOutput: 1", "length")
+        return completion(" Add the two numbers given to you")
+
+    stage = SelfInstruct(SelfInstructConfig(target=1), context(ScriptedEngine(reply, capacity=1)))
+    records = asyncio.run(collect(stage.generate(seed_records(), Committed())))
+    assert [r["messages"] for r in records if not is_dropped(r)] == [[
+        {"role": "user", "content": "Add the two numbers given to you\n\n2 + 2"},
+        {"role": "assistant", "content": "4"}]]
 
 
 # ------------------------------------------------------------------ the novelty index
@@ -209,7 +226,8 @@ def test_instances_are_generated_output_first_for_classification_tasks():
             return completion("Example 1\nInput: 2 + 2\nOutput: 4\n")
         return completion(" Classify the email as spam or ham for me\n10. Add the two numbers given to you")
 
-    stage = SelfInstruct(SelfInstructConfig(target=2), context(ScriptedEngine(reply, capacity=1)))
+    engine = ScriptedEngine(reply, capacity=1)
+    stage = SelfInstruct(SelfInstructConfig(target=2), context(engine))
     records = asyncio.run(collect(stage.generate(seed_records(), Committed())))
     by_task = {}
     for record in records:
@@ -222,6 +240,25 @@ def test_instances_are_generated_output_first_for_classification_tasks():
     assert spam[0]["template"] == "self_instruct_output_first" and spam[0]["method"] == "self_instruct"
     [add] = by_task["Add the two numbers given to you"]
     assert add["messages"][1]["content"] == "4" and add["template"] == "self_instruct_input_first"
+    # the paper's decoding for each kind of request (generate_instances.py, identify_clf_or_not.py)
+    questions = engine.sampling_of(lambda p: p.endswith("Is it classification?"))
+    instances = engine.sampling_of(lambda p: p.startswith(("For each classification task", "Write examples")))
+    assert len(questions) == 2 and len(instances) == 2
+    assert all(s["temperature"] == 0 and s["max_tokens"] == 3 and s["stop"] == ["\n", "Task"] for s in questions)
+    assert all(s["temperature"] == 0 and s["presence_penalty"] == 1.5 and s["max_tokens"] == 350
+               and s["stop"] == ["Task:"] for s in instances)
+
+
+def test_list_requests_use_the_papers_decoding_under_the_stages_own_overrides():
+    engine = ScriptedEngine(fresh_list, capacity=2)
+    config = SelfInstructConfig(target=4, instances=False, sampling={"max_tokens": 128})
+    # the spec-wide section loses to the method's decoding, which loses to the stage's override
+    stage = SelfInstruct(config, context(engine, temperature=1.3, top_p=0.9, max_tokens=16, seed=3))
+    asyncio.run(collect(stage.generate(seed_records(), Committed())))
+    assert engine.requests
+    for sampling in engine.sampling_of(lambda p: p.startswith("Come up with a series of tasks")):
+        assert sampling == {"temperature": 0.7, "top_p": 0.5, "presence_penalty": 2.0, "max_tokens": 128,
+                            "stop": ["\n\n", "\n16", "16.", "16 ."], "seed": 3, "n": 1}
 
 
 # ------------------------------------------------------------------ the real engine

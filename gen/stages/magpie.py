@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
+from gen.prompts import PromptTemplate
 from gen.records import Record, content_id, drop
 from gen.sampling import Sampling
 from gen.stages.base import SourceStage, StageConfig, StageContext, WorkItem
@@ -62,6 +63,8 @@ class Magpie(SourceStage):
                 "or one that puts nothing before the user's words), so there is nothing for the model "
                 "to continue into an instruction. Use a chat model, or set the stage's pre_query to "
                 "the text that opens a user turn for this model.")
+        # The pre-query is this method's whole prompt: its hash goes in the lineage.
+        self.template = PromptTemplate.from_text("pre_query", self.pre_query)
 
     async def generate(self, seeds: list[Record], done: CommittedWork) -> AsyncIterator[WorkItem]:
         committed = done.keys
@@ -91,8 +94,8 @@ class Magpie(SourceStage):
         asked = [{"role": "user", "content": instruction}]
 
         def made(messages, completion, **metadata) -> Record:
-            record = self.derive(item, messages, index=n, completion=completion, pre_query=self.pre_query,
-                                 **metadata)
+            record = self.derive(item, messages, index=n, completion=completion, template=self.template,
+                                 pre_query=self.pre_query, **metadata)
             record["work_key"] = item["work_key"]
             return record
 

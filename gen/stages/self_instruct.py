@@ -90,6 +90,8 @@ FEW_SHOT_TASKS = 4  # seed tasks shown as worked examples in the instance and cl
 _LIST_ITEM = re.compile(r"\n\d+\s?\. ")  # the paper's split of the continued list
 _EXAMPLE_HEADER = re.compile(r"^\s*Example\s*\d+\s*:?\s*$", re.MULTILINE)
 _CLASS_LABEL = re.compile(r"^\s*Class label\s*:", re.MULTILINE)
+# A small model mixes the two formats and ends a labelled input with an "Output:" line of its own.
+_OUTPUT_LINE = re.compile(r"^\s*Output\s*:", re.MULTILINE)
 
 
 def parse_instruction_list(continuation: str) -> list[str]:
@@ -117,10 +119,12 @@ def parse_input_first(generation: str) -> list[tuple[str, str]]:
 
 
 def parse_output_first(generation: str) -> list[tuple[str, str]]:
-    """(input, output) pairs from "Class label: ... / Input: ..." blocks (the label is the output)."""
+    """(input, output) pairs from "Class label: ... / Input: ..." blocks (the label is the output);
+    an "Output:" line after the input is not part of it."""
     pairs = []
     for block in _CLASS_LABEL.split(generation)[1:]:
         label, _, task_input = block.partition("Input:")
+        task_input = _OUTPUT_LINE.split(task_input, maxsplit=1)[0]
         if label.strip():
             pairs.append((task_input.strip(), label.strip()))
     return pairs
@@ -345,7 +349,10 @@ class SelfInstruct(SourceStage):
         if reason := failure(completion):
             return [drop(instance_record(0, question), self.name, reason, detail=completion.error)]
         parse = parse_output_first if is_classification else parse_input_first
-        instances, problem = clean_instances(parse(completion.text), self.config.max_instances)
+        pairs = parse(completion.text)
+        if completion.finish_reason == "length":
+            pairs = pairs[:-1]  # the paper: the last instance of a cut-off generation is incomplete
+        instances, problem = clean_instances(pairs, self.config.max_instances)
         if problem:
             return [drop(instance_record(0, question, raw_instances=completion.text), self.name, problem)]
         return [
