@@ -88,8 +88,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
 def ends_in_loop(text: str) -> bool:
-    """Whether ``text`` ends in at least three copies of one unit of words that fill at least a
-    third of it: the labelling rule for ``loop``. Words are normalised (lowercase, punctuation
+    """Whether ``text`` ends in at least three copies of one unit of words (not numbers only) that
+    fill at least a third of it: the labelling rule for ``loop``. Words are normalised (lowercase, punctuation
     folded) and every number is one word "0", so "1. Yes 2. Yes 3. Yes" repeats "0 yes"; the
     last copy may be cut off."""
     words = ["0" if word.isdigit() else word for word in normalize(text).split()]
@@ -98,8 +98,8 @@ def ends_in_loop(text: str) -> bool:
         tail = 0  # words at the end that repeat the word ``period`` before them
         while tail < n - period and words[n - 1 - tail] == words[n - 1 - tail - period]:
             tail += 1
-        if tail + period >= max(3 * period, n / 3):
-            return True
+        if tail + period >= max(3 * period, n / 3) and any(word != "0" for word in words[n - period:]):
+            return True  # a unit of numbers only is a list of numbers, not a loop
     return False
 
 
