@@ -7,13 +7,14 @@ when ``../shared/data`` is absent. 100k records by default (``--records N``), ju
 filters run in the driver; the dedup index actors use the other core). Also measures MinHash
 signatures alone on ~200-word texts against datasketch's SHA-1 ``bulk`` path in the same run.
 
-``--baseline REV`` also loads the ``filters`` package as it was at git revision REV, times it on
-the same records beside the current one (the machine is shared, so only same-run ratios mean
-much), and asserts that every filter but those in ``CHANGED`` makes the same keep/drop decision with
-the same reason on the first ``--check`` records; for those it reports the share that agree.
+``--baseline REV`` (repeatable) also loads the ``filters`` package as it was at git revision REV,
+times it on the same records beside the current one (the machine is shared, so only same-run ratios
+mean much), and asserts that every filter makes the same keep/drop decision with the same reason on
+the first ``--check`` records, except a filter in ``CHANGED`` whose change REV predates: for those it
+reports the share that agree.
 
 Writes ``benchmarks/results/filters.json``. Not a test.
-Run: ``.venv/bin/python benchmarks/bench_filters.py [--records N] [--baseline REV]``
+Run: ``.venv/bin/python benchmarks/bench_filters.py [--records N] [--baseline REV ...]``
 """
 
 from __future__ import annotations
@@ -40,11 +41,20 @@ from filters.text import normalize  # noqa: E402
 SHARED = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
 BATCH = 1000
-# Filters whose decisions were changed on purpose, and how: their agreement is reported, not asserted.
-CHANGED = {"dedup": "decides by exact Jaccard since 2be90b4",
-           "language_id": "max_chars 300 shared by instruction and response since 979ef73",
-           **{name: "defaults for instruction answers (benchmarks/bench_rules.py)" for name in
+# Filters whose decisions were changed on purpose: the revision of the change, and what changed.
+# Against a baseline older than the change their agreement is reported, not asserted.
+CHANGED = {"dedup": ("2be90b4", "decides by exact Jaccard"),
+           "language_id": ("979ef73", "max_chars 300 shared by instruction and response"),
+           **{name: ("77d17fe", "defaults for instruction answers (benchmarks/bench_rules.py)") for name in
               ("instruction_rules", "response_rules", "gopher_repetition", "gopher_quality")}}
+
+
+def changed_since(filter_type: str, baseline: str) -> bool:
+    """Whether ``filter_type``'s decisions were changed on purpose after revision ``baseline``."""
+    if filter_type not in CHANGED:
+        return False
+    is_ancestor = subprocess.run(["git", "-C", str(REPO), "merge-base", "--is-ancestor", CHANGED[filter_type][0], baseline])
+    return is_ancestor.returncode != 0
 
 
 def source_texts() -> list[str]:
@@ -80,15 +90,28 @@ def benchmark_file(directory: Path, texts: list[str]) -> str:
     return json.dumps({"path": str(path), "column": "prompt"})
 
 
-def timed(chain, records: list[dict]) -> dict:
-    wall, cpu = time.perf_counter(), time.process_time()
-    kept = 0
+def timed(chains: dict, records: list[dict]) -> dict:
+    """Each chain of ``chains`` (by version) over ``records``, batch by batch in turn, so that every
+    version sees the same load of the shared machine at nearly the same time."""
+    cpu, wall, kept = dict.fromkeys(chains, 0.0), dict.fromkeys(chains, 0.0), dict.fromkeys(chains, 0)
     for start in range(0, len(records), BATCH):
-        k, _ = chain([dict(r) for r in records[start : start + BATCH]])
-        kept += len(k)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"records": len(records), "kept": kept, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "records_per_s_wall": round(len(records) / wall), "records_per_core_s": round(len(records) / cpu)}
+        for name, chain in chains.items():
+            batch = [dict(r) for r in records[start : start + BATCH]]
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
+            k, _ = chain(batch)
+            wall[name] += time.perf_counter() - wall_start
+            cpu[name] += time.process_time() - cpu_start
+            kept[name] += len(k)
+    return {name: {"records": len(records), "kept": kept[name], "wall_s": round(wall[name], 2),
+                   "cpu_s": round(cpu[name], 2), "records_per_s_wall": round(len(records) / wall[name]),
+                   "records_per_core_s": round(len(records) / cpu[name])} for name in chains}
+
+
+def speeds(row: dict) -> str:
+    """Records per CPU-second of each version, and the current one's ratio to each baseline."""
+    current = row["current"]["records_per_core_s"]
+    return ", ".join(f"{name} {timing['records_per_core_s']}" + ("" if name == "current" else
+                     f" (x{current / timing['records_per_core_s']:.2f})") for name, timing in row.items())
 
 
 def signature_speed(texts: list[str]) -> dict:
@@ -172,7 +195,7 @@ def decisions(package: SimpleNamespace, config, records: list[dict]) -> list[str
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--baseline", help="git revision to time and check decisions against")
+    parser.add_argument("--baseline", action="append", default=[], help="git revision to time and check decisions against (repeatable)")
     parser.add_argument("--check", type=int, default=20_000, help="records whose decisions must match the baseline")
     args = parser.parse_args()
     import ray
@@ -187,35 +210,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         benchmark = json.loads(benchmark_file(Path(tmp), texts))
         versions = {"current": load_filters(None)}
-        if args.baseline:
-            versions["baseline"] = load_filters(checkout(args.baseline, Path(tmp) / "baseline"))
-            results["baseline"] = args.baseline
+        for baseline in args.baseline:
+            versions[baseline] = load_filters(checkout(baseline, Path(tmp) / baseline))
+        results["baselines"] = args.baseline
         configs = {name: configs_of(package, benchmark) for name, package in versions.items()}
-        if args.baseline:
-            sample = records[: args.check]
+        sample = records[: args.check]
+        results["decisions_vs_baseline"] = {"records": len(sample), "changed": CHANGED}
+        for baseline in args.baseline:
             agreement = {}
-            for current, before in zip(configs["current"], configs["baseline"], strict=True):
-                now, then = decisions(versions["current"], current, sample), decisions(versions["baseline"], before, sample)
+            for current, before in zip(configs["current"], configs[baseline], strict=True):
+                now, then = decisions(versions["current"], current, sample), decisions(versions[baseline], before, sample)
                 agreement[current.type] = sum(a == b for a, b in zip(now, then, strict=True)) / len(sample)
-                assert current.type in CHANGED or agreement[current.type] == 1, (
-                    f"{current.type}: decisions differ from {args.baseline}")
-            results["decisions_vs_baseline"] = {"records": len(sample), "agreement": agreement, "changed": CHANGED}
-            print(f"decisions vs {args.baseline} on {len(sample)} records: {agreement}")
+                assert changed_since(current.type, baseline) or agreement[current.type] == 1, (
+                    f"{current.type}: decisions differ from {baseline}")
+            results["decisions_vs_baseline"][baseline] = agreement
+            print(f"decisions vs {baseline} on {len(sample)} records: {agreement}")
         results["per_filter"] = {}
         for position, config in enumerate(configs["current"]):
-            row = results["per_filter"][config.type] = {}
-            for name, package in versions.items():  # interleaved, so both see the same load
-                chain = package.build_chain([configs[name][position]])
-                row[name] = timed(chain, records)
+            chains = {name: package.build_chain([configs[name][position]]) for name, package in versions.items()}
+            results["per_filter"][config.type] = timed(chains, records)
+            for chain in chains.values():
                 chain.close()
-            print(config.type, row)
-        results["chain"] = {}
-        for name, package in versions.items():
-            chain = package.build_chain(configs[name])
-            results["chain"][name] = timed(chain, records)
+            print(config.type, speeds(results["per_filter"][config.type]))
+        chains = {name: package.build_chain(configs[name]) for name, package in versions.items()}
+        results["chain"] = timed(chains, records)
+        for name, chain in chains.items():
             results["chain"][name]["stats"] = chain.stats()
             chain.close()
-            print("chain", name, {k: v for k, v in results["chain"][name].items() if k != "stats"})
+        print("chain", speeds(results["chain"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "filters.json").write_text(json.dumps(results, indent=2))
     ray.shutdown()

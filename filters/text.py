@@ -66,25 +66,32 @@ _URL = re.compile(r"\b(?:https?://|www\.)\S+")
 _HEADING_MARK = re.compile(r"^[ \t]*#{1,6}[ \t]+", re.MULTILINE)
 _MARKUP = ((_FENCED_CODE, ("```", "~~~")), (_MATH, ("$", "\\[", "\\(")), (_INLINE_CODE, ("`",)),
            (_TABLE_ROW, ("|",)), (_URL, ("http", "www.")), (_HEADING_MARK, ("#",)))
-_LIST_MARK = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+", re.MULTILINE)
+# A list marker starts a line. Written as "after a newline" (the text is given one in front), the
+# regex starts with a literal that `re` finds with a fast scan, where a MULTILINE "^" is tried at
+# every position: ~5x faster on a one-line answer, the same matches.
+_LIST_MARK_AFTER_NEWLINE = re.compile(r"\n[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+")
 
 
 def code_blocks(text: str) -> list[str]:
     """The contents of the fenced code blocks of a markdown answer (an unclosed one runs to the end)."""
+    if "```" not in text and "~~~" not in text:  # the regex is tried at every position: ~10x the cost
+        return []
     return [match.group(2) for match in _FENCED_CODE.finditer(text)]
 
 
 def without_list_markers(text: str) -> str:
     """``text`` with the bullet or number that starts a list item removed from each line."""
-    return _LIST_MARK.sub("", text)
+    return _LIST_MARK_AFTER_NEWLINE.sub("\n", "\n" + text)[1:]
 
 
 def prose(text: str) -> str:
     """The prose of a markdown answer: without fenced or inline code, LaTeX math, table rows,
     URLs, heading marks and list markers."""
     for markup, marks in _MARKUP:
-        if any(mark in text for mark in marks):  # a regex is tried at every position: ~10x the cost
-            text = markup.sub(" ", text)
+        for mark in marks:
+            if mark in text:  # a regex is tried at every position: ~10x the cost of `in`
+                text = markup.sub(" ", text)
+                break
     return without_list_markers(text)
 
 

@@ -37,7 +37,8 @@ def read_good(*paths: Path) -> list[Record]:
     return list(SeedReader([str(path) for path in paths]))
 
 
-def _with_response(record: Record, response: str, kind: str, finish_reason: str | None = None) -> Record:
+def with_response(record: Record, response: str, kind: str, finish_reason: str | None = None) -> Record:
+    """``record`` answered by ``response`` instead, with an id of its own (``<id>/<kind>``)."""
     messages = [m for m in record["messages"] if m["role"] != "assistant"]
     return {**record, "id": f"{record['id']}/{kind}", "finish_reason": finish_reason,
             "messages": [*messages, {"role": "assistant", "content": response}]}
@@ -55,53 +56,53 @@ def _first_sentence(text: str) -> str:
 def truncated(record: Record) -> Record:
     """Cut mid-word at 60% of the answer by the length limit (finish reason ``length``)."""
     answer = response_of(record)
-    return _with_response(record, answer[: max(1, int(len(answer) * 0.6))], "truncated", "length")
+    return with_response(record, answer[: max(1, int(len(answer) * 0.6))], "truncated", "length")
 
 
 def loop_sentence(record: Record) -> Record:
     """The first sentence, again and again: the classic greedy-decoding loop."""
     sentence = _first_sentence(response_of(record))
-    return _with_response(record, " ".join([sentence] * max(6, 400 // max(len(sentence), 1))), "loop_sentence")
+    return with_response(record, " ".join([sentence] * max(6, 400 // max(len(sentence), 1))), "loop_sentence")
 
 
 def loop_tail(record: Record) -> Record:
     """The answer, then stuck on its last line until the token budget ran out."""
     answer = response_of(record).rstrip()
     last = answer.splitlines()[-1]
-    return _with_response(record, answer + ("\n" + last) * 12, "loop_tail")
+    return with_response(record, answer + ("\n" + last) * 12, "loop_tail")
 
 
 def loop_numbered(record: Record) -> Record:
     """A list whose items differ only by their number."""
     sentence = _first_sentence(response_of(record))
-    return _with_response(record, "\n".join(f"{n}. {sentence}" for n in range(1, 13)), "loop_numbered")
+    return with_response(record, "\n".join(f"{n}. {sentence}" for n in range(1, 13)), "loop_numbered")
 
 
 def loop_phrase(record: Record) -> Record:
     """A few words of the answer repeated without end ("the the the", "and then and then")."""
     words = response_of(record).split()[:3]
-    return _with_response(record, " ".join(words * 30), "loop_phrase")
+    return with_response(record, " ".join(words * 30), "loop_phrase")
 
 
 def empty(record: Record) -> Record:
-    return _with_response(record, "", "empty")
+    return with_response(record, "", "empty")
 
 
 def whitespace(record: Record) -> Record:
-    return _with_response(record, " \n\t\n ", "whitespace")
+    return with_response(record, " \n\t\n ", "whitespace")
 
 
 def punctuation(record: Record) -> Record:
-    return _with_response(record, ["...", "?", "```\n```", "- - -", ":"][_pick(record, 5)], "punctuation")
+    return with_response(record, ["...", "?", "```\n```", "- - -", ":"][_pick(record, 5)], "punctuation")
 
 
 def echo(record: Record) -> Record:
     """The instruction (with its input) given back as the answer."""
-    return _with_response(record, instruction_of(record), "echo")
+    return with_response(record, instruction_of(record), "echo")
 
 
 def refusal(record: Record) -> Record:
-    return _with_response(record, REFUSALS[_pick(record, len(REFUSALS))], "refusal")
+    return with_response(record, REFUSALS[_pick(record, len(REFUSALS))], "refusal")
 
 
 DEGENERATE_KINDS: dict[str, Callable[[Record], Record]] = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+import string
 from collections import Counter
 
 import pytest
@@ -19,7 +21,7 @@ from filters.quality import (
     ResponseRules,
     ResponseRulesConfig,
 )
-from filters.text import normalize
+from filters.text import normalize, prose, without_list_markers
 
 
 def record(instruction: str, response: str = "", **columns) -> dict:
@@ -281,3 +283,53 @@ def test_gopher_quality_leaves_short_answers_alone():
     rules = GopherQuality(GopherQualityConfig())
     for answer in ("no", "B", "42", "x = 1 + 2"):  # would fail the ratios, but are fine answers
         assert verdict_of(rules, record("q", answer)) is None
+
+
+def reference_quality_verdict(text: str, config: GopherQualityConfig) -> tuple[str, float] | None:
+    """Gopher's ratios written plainly, one token string at a time (the first implementation):
+    the batched one, on bits per character, must decide exactly like it."""
+    operator = re.compile(r"[-+*/=<>^|~%:\u00b1\u00d7\u00f7\u2212\u2190-\u21ff\u2200-\u22ff]+")
+    text = prose(text)
+    tokens = [token for token in text.split() if not operator.fullmatch(token)]
+    if len(tokens) < config.min_words:
+        return None
+    words = [word for word in (token.strip(string.punctuation) for token in tokens) if any(map(str.isalpha, word))]
+    mean_length = sum(map(len, words)) / len(words) if words else 0.0
+    if words and not config.min_mean_word_length <= mean_length <= config.max_mean_word_length:
+        return "gopher_mean_word_length", round(mean_length, 2)
+    ratios = [("gopher_alpha_words", sum(any(map(str.isalnum, token)) for token in tokens) / len(tokens), 3),
+              ("gopher_hash_ratio", len(re.findall(r"#(?!\w)", text)) / len(tokens), 3),
+              ("gopher_ellipsis_ratio", (text.count("...") + text.count("\u2026")) / len(tokens), 3)]
+    limits = [(config.min_alpha_word_frac, -1), (config.max_hash_ratio, 1), (config.max_ellipsis_ratio, 1)]
+    for (reason, value, digits), (limit, sign) in zip(ratios, limits, strict=True):
+        if sign * value > sign * limit:
+            return reason, round(value, digits)
+    return None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_quality_ratios_decide_like_the_plain_ones(seed):
+    """Random texts of words, numbers, operators, punctuation runs, hashtags, ellipses, markup and
+    non-ASCII letters and spaces, in one batch, against the plain per-token definitions."""
+    rng = random.Random(seed)
+    pieces = ["word", "Hello,", "the", "(see", "it).", "naïve", "日本語", "straße", "Ω", "½", "١٢٣", "😀", "—", "…",
+              "...", "!!!", "?!", "'quoted'", "\"x\"", "__init__", "3.14", "42", "a1", "#", "##", "#tag", "x#", "=", "->",
+              "→", "≤", "×", ":", "a-b", "--", "@@", "**", ";;", "- ", "1. ", "$x$", "`code`", "| a |", "http://x.y/z",
+              "\u00a0", "\u2003", "\x1c", "\t", "\n", "\n\n", "Donaudampfschifffahrtsgesellschaft", "x" * 12]
+    texts = ["".join(rng.choice(pieces) + rng.choice(["", " ", " ", "\n"]) for _ in range(rng.choice([0, 5, 20, 40, 120])))
+             for _ in range(600)]
+    config = GopherQualityConfig(min_words=5, max_mean_word_length=8.0)  # so that every rule fires
+    verdicts = GopherQuality(config).judge([record("q", text) for text in texts])
+    got = [(v.reason, v.evidence["value"]) if v else None for v in verdicts]
+    assert got == [reference_quality_verdict(text, config) for text in texts]
+    fired = Counter(reason for reason, _ in filter(None, got))
+    assert set(fired) == {"gopher_mean_word_length", "gopher_alpha_words", "gopher_hash_ratio", "gopher_ellipsis_ratio"}, fired
+
+
+def test_list_markers_are_removed_at_every_line_start():
+    rng = random.Random(0)
+    pieces = ["- ", "* ", "+ ", "\u2022 ", "1. ", "12) ", "1234. ", "  - ", "\t3. ", "-", "a - b", "x", "\n", "\n\n", " ", "\t"]
+    multiline = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+", re.MULTILINE)
+    for _ in range(2000):
+        text = "".join(rng.choices(pieces, k=rng.randint(0, 30)))
+        assert without_list_markers(text) == multiline.sub("", text), repr(text)
