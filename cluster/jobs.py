@@ -126,7 +126,10 @@ def wait(job_id: str, address: str, timeout: float) -> str:
 
 
 def _client(address: str) -> JobSubmissionClient:
-    return JobSubmissionClient(address, headers=_token_header(address))
+    # An Authorization of None is our decision "no token": the SDK adds its own token to every
+    # request when this process is in token mode (RAY_AUTH_MODE=token, or a Ray started here)
+    # unless an Authorization header is given, and requests drops a header whose value is None.
+    return JobSubmissionClient(address, headers=_token_header(address) or {"Authorization": None})
 
 
 def _token_header(address: str) -> dict[str, str]:
