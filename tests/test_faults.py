@@ -215,7 +215,9 @@ def test_driver_killed_at_random_points_resumes_with_nothing_lost_or_duplicated(
     shards_before: dict[str, bytes] = {}
     for kill in range(3):
         log = tmp_path / f"run{kill}.log"
-        process = start_sdg_run(spec_path, output, sdg_env, log, "--address", address)
+        # Four requests in flight: the tiny engine would otherwise finish all 600 before a kill.
+        process = start_sdg_run(spec_path, output, sdg_env, log, "--address", address,
+                                "--set", "model.max_in_flight_per_replica=4")
         try:
             wait_for_commits(output, commits(output) + 1, process, log)
             time.sleep(rng.uniform(0, 1.5))
