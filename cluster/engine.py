@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, RayActorError, WorkerCrashedError
+from ray.exceptions import (
+    ActorUnavailableError,
+    NodeDiedError,
+    ObjectLostError,
+    OutOfMemoryError,
+    RayActorError,
+    WorkerCrashedError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -328,12 +335,9 @@ class EnginePool:
                 self._healthy.add(index)
                 log.warning("replica %d is back in service", index)
                 break
-            except EngineFailed:
-                await asyncio.sleep(1)  # its engine is dead too: the replica is exiting to restart
+            except (EngineFailed, ActorUnavailableError):
+                await asyncio.sleep(1)  # the replica is exiting, or Ray is restarting it
             except (TimeoutError, RayActorError) as exc:
-                if isinstance(exc, RayActorError) and _restarting(exc):
-                    await asyncio.sleep(1)
-                    continue
                 log.error("replica %d is gone for good: %s", index, _first_line(exc))
                 self._dead.add(index)
                 break
@@ -345,13 +349,6 @@ class EnginePool:
             except Exception:  # noqa: BLE001 - best effort: the actor may already be gone
                 pass
             ray.kill(replica)
-
-
-def _restarting(exc: RayActorError) -> bool:
-    """Whether the actor can still come back (Ray is restarting it), not dead for good."""
-    from ray.exceptions import ActorUnavailableError
-
-    return isinstance(exc, ActorUnavailableError)
 
 
 def _first_line(exc: BaseException) -> str:
