@@ -44,7 +44,7 @@ model:
   name: {model}
   dtype: float32
   max_model_len: 2048
-  engine_args: {{kv_cache_memory_bytes: 1073741824, enforce_eager: true}}
+  engine_args: {{kv_cache_memory_bytes: 1073741824}}
 sampling: {{temperature: 0.7, top_p: 0.95, max_tokens: 256, seed: 0}}  # the answers
 stages:
   - type: self_instruct

@@ -1,94 +1,118 @@
-"""vLLM start-up on the CPU backend: compiled (cold and warm compile cache) against eager.
+"""Time from `sdg run` to its first token, cold and warm, against a baseline revision.
 
-On CPU, vLLM compiles the model with torch.compile (Dynamo, then Inductor's C++ kernels) unless
-``enforce_eager`` is set; the compiled kernels are cached (``VLLM_CACHE_ROOT``,
-``TORCHINDUCTOR_CACHE_DIR``), so a second start can skip most of the work. Each setting starts a
-fresh process, times ``LLM(...)`` (load, compile or cache load, warm-up) and then the generation
-of the same prompts, so the start-up saved can be weighed against decoding speed lost:
+    python benchmarks/bench_startup.py                                  # tiny model, against HEAD~1
+    python benchmarks/bench_startup.py --model sdg/smollm2-135m-instruct --baseline 37345ed
 
-    python benchmarks/bench_startup.py                               # SmolLM2, the quickstart's shape
-    python benchmarks/bench_startup.py --model sdg/tiny-random-chat
+Time to first token is the wall time of a whole `sdg run` process that answers one prompt with one
+token: Ray start, model build or load, engine initialisation (compilation or not), the request, and
+the exit. Each setting runs in fresh processes:
 
-The cold run gets empty cache dirs of its own; the warm run reuses them. Prints each setting's
-start-up seconds and tokens/s and the ratios against the cold compiled start; writes
-benchmarks/results/startup.json.
+* cold: empty caches of its own (`SDG_CACHE`: the embedded model is built; vLLM's and Inductor's
+  compile caches), the first run;
+* warm: the same caches again, `--repeats` runs, the median.
+
+Settings: this tree with its defaults, this tree with compilation forced on
+(`enforce_eager: false`, to show what the compile cache saves and whether vLLM reloads it or
+compiles again: its "Compiling model again due to a load failure" warnings are counted), and the
+`--baseline` revision (checked out in a temporary git worktree) with its defaults. The manifest's
+`this_run.startup` breakdown of this tree's runs is printed too. Writes benchmarks/results/startup.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_throughput import instructions
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SPEC = """\
+seeds: {{paths: [seeds.jsonl]}}
+model:
+  name: {model}
+  dtype: float32
+  max_model_len: 1024
+  engine_args: {engine_args}
+sampling: {{max_tokens: 1, seed: 0}}
+stages: [{{type: respond}}]
+"""
+RECOMPILED = "Compiling model again due to a load failure"
 
-RESULTS = Path(__file__).parent / "results"
 
-
-def start_and_generate(model_path: str, engine_args: dict, env: dict, prompts: list[str],
-                       max_tokens: int, out) -> None:
-    os.environ.update(env)  # before vLLM and torch are imported: they read the cache dirs once
-    from vllm import LLM, SamplingParams
-
+def one_run(tree: Path, spec: Path, output: Path, caches: Path) -> dict:
+    env = {**os.environ, "SDG_CACHE": str(caches / "sdg"), "VLLM_CACHE_ROOT": str(caches / "vllm"),
+           "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor")}
     started = time.perf_counter()
-    llm = LLM(model=model_path, **engine_args)
-    start_s = time.perf_counter() - started
-    params = SamplingParams(temperature=0.7, top_p=0.95, max_tokens=max_tokens, ignore_eos=True)
-    started = time.perf_counter()
-    outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
+    finished = subprocess.run([sys.executable, "-m", "gen.cli", "run", str(spec), "--set", f"output.dir={output}",
+                               "--no-progress"], cwd=tree, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    out.put({"start_s": round(start_s, 1), "tokens_per_s": round(tokens / seconds, 1)})
+    if finished.returncode != 0:
+        sys.exit(f"sdg run failed in {tree}:\n{finished.stderr[-3000:]}")
+    this_run = json.loads((output / "manifest.json").read_text())["this_run"]
+    return {"seconds": round(seconds, 1), "recompiled": finished.stderr.count(RECOMPILED),
+            "startup": this_run.get("startup")}
 
 
-def measure(model_path: str, engine_args: dict, env: dict, prompts: list[str], max_tokens: int) -> dict:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    started = time.perf_counter()
-    child = context.Process(target=start_and_generate,
-                            args=(model_path, engine_args, env, prompts, max_tokens, queue))
-    child.start()
-    result = queue.get()
-    child.join()
-    return {**result, "process_s": round(time.perf_counter() - started, 1)}
+def setting(name: str, tree: Path, engine_args: dict, model: str, repeats: int, work: Path) -> dict:
+    directory = work / name
+    directory.mkdir()
+    (directory / "seeds.jsonl").write_text(json.dumps({"instruction": "Say hello."}) + "\n")
+    spec = directory / "spec.yaml"
+    spec.write_text(SPEC.format(model=model, engine_args=json.dumps(engine_args)))
+    caches = directory / "caches"
+    cold = one_run(tree, spec, directory / "out-cold", caches)
+    print(f"{name}: cold {cold['seconds']} s", flush=True)
+    warm = []
+    for index in range(repeats):
+        warm.append(one_run(tree, spec, directory / f"out-warm{index}", caches))
+        print(f"{name}: warm {warm[-1]['seconds']} s {warm[-1]['startup'] or ''}", flush=True)
+    median = sorted(warm, key=lambda r: r["seconds"])[len(warm) // 2]
+    return {"cold": cold, "warm_median": median, "warm_s": [r["seconds"] for r in warm],
+            "warm_median_s": statistics.median(r["seconds"] for r in warm)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="sdg/smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--model", default="sdg/tiny-random-chat")
+    parser.add_argument("--baseline", default="HEAD~1", help="git revision to compare with")
+    parser.add_argument("--repeats", type=int, default=3, help="warm runs per setting; the median is reported")
     args = parser.parse_args()
 
-    from gen.embedded_models import local_path
-
-    model_path = local_path(args.model)
-    engine_args = {"dtype": "float32", "max_model_len": 2048, "kv_cache_memory_bytes": 1 << 30, "seed": 0}
-    prompts = instructions(args.prompts)
-    with tempfile.TemporaryDirectory() as caches:
-        env = {"VLLM_CACHE_ROOT": f"{caches}/vllm", "TORCHINDUCTOR_CACHE_DIR": f"{caches}/inductor"}
-        settings = {
-            "compiled_cold": (engine_args, env),
-            "compiled_warm": (engine_args, env),
-            "eager": ({**engine_args, "enforce_eager": True}, env),
-        }
-        results = {}
-        for name, (setting_args, setting_env) in settings.items():
-            results[name] = measure(model_path, setting_args, setting_env, prompts, args.max_tokens)
-            print(name, results[name], flush=True)
-    cold = results["compiled_cold"]
+    kv_cache = {"kv_cache_memory_bytes": 256 << 20}
+    baseline = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="sdg-startup-") as tmp:
+        work = Path(tmp)
+        baseline_tree = work / f"tree-{baseline}"
+        subprocess.run(["git", "worktree", "add", "--detach", str(baseline_tree), baseline], cwd=REPO, check=True,
+                       capture_output=True)
+        try:
+            results = {
+                "this tree": setting("current", REPO, kv_cache, args.model, args.repeats, work),
+                "this tree, compiled": setting("compiled", REPO, {**kv_cache, "enforce_eager": False}, args.model,
+                                               args.repeats, work),
+                f"baseline {baseline}": setting("baseline", baseline_tree, kv_cache, args.model, args.repeats, work),
+            }
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(baseline_tree)], cwd=REPO)
+    reference = results[f"baseline {baseline}"]
+    print(f"\ntime to first token of `sdg run` on {args.model} (seconds; warm: median of {args.repeats})")
     for name, result in results.items():
-        print(f"{name:14s} start {result['start_s']:6.1f} s ({result['start_s'] / cold['start_s']:.2f}x cold), "
-              f"process {result['process_s']:6.1f} s, {result['tokens_per_s']:6.1f} tok/s "
-              f"({result['tokens_per_s'] / cold['tokens_per_s']:.2f}x cold)")
+        print(f"  {name:24} cold {result['cold']['seconds']:6.1f} ({result['cold']['seconds'] / reference['cold']['seconds']:.2f}x)"
+              f"   warm {result['warm_median_s']:6.1f} ({result['warm_median_s'] / reference['warm_median_s']:.2f}x)"
+              f"   compile-cache reload failures: {result['cold']['recompiled']} cold, "
+              f"{sum(r['recompiled'] for r in [result['warm_median']])} warm")
+        if result["warm_median"]["startup"]:
+            print(f"  {'':24} warm breakdown: {result['warm_median']['startup']}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "startup.json").write_text(json.dumps(
-        {"model": args.model, "prompts": args.prompts, "max_tokens": args.max_tokens, "results": results},
-        indent=2) + "\n")
+    (RESULTS / "startup.json").write_text(json.dumps({"model": args.model, "baseline": baseline, "results": results},
+                                                     indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,18 @@ Both sides exclude model load: the bare side times only `LLM.generate`; the sdg 
 replicas first, then times `gen.run.run` as a whole (seed reading, Ray actors, the async engine,
 shard commits and the manifest included). `ignore_eos` makes both generate exactly
 `prompts x max_tokens` tokens. The bare side runs in a child process so the two never share CPUs.
+Both get the same engine settings, eager on CPU as sdg's replicas default to there.
 
-    python benchmarks/bench_throughput.py                       # tiny offline model, CPU
+    python benchmarks/bench_throughput.py                       # both embedded models, CPU
     python benchmarks/bench_throughput.py --model Qwen/Qwen2.5-7B-Instruct --max-model-len 4096 \
         --prompts 20000 --max-tokens 512 --no-cpu-kv-cache      # unchanged on a GPU machine
 
-Each side is timed `--repeats` times on its loaded model; the medians are compared. Prints both
-figures and the ratio (sdg / bare); writes benchmarks/results/throughput.json.
+Each side is timed `--repeats` times on its loaded model; the medians are compared. Alongside,
+the CPU seconds each process used per 1,000 requests (the frontend that holds vLLM's engine
+client: `LLM` on the bare side, the Ray actor on sdg's; vLLM's engine core and model worker;
+sdg's driver), and with `--profile` one more sdg run sampled by py-spy, its frontend's and
+driver's CPU split by component. Prints both figures and the ratio (sdg / bare) per model;
+writes benchmarks/results/throughput.json.
 """
 
 from __future__ import annotations
@@ -18,11 +23,35 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
+import psutil
+
 RESULTS = Path(__file__).parent / "results"
+# Per model: prompts x max_tokens that take ~20-60 s a side on 2 CPU cores.
+SIZES = {"sdg/tiny-random-chat": (2000, 128), "sdg/smollm2-135m-instruct": (192, 64)}
+# py-spy stack samples -> component: the innermost frame that matches a pattern decides.
+COMPONENTS = [
+    ("chat template", ("apply_chat_template",)),
+    ("tokenise", ("tokenization_utils", "tokenizers", "encode (")),
+    ("SamplingParams", ("SamplingParams", "sampling_params.py")),
+    ("detokenise", ("detokenizer.py",)),
+    ("vLLM output processing", ("output_processor.py",)),
+    ("vLLM input processing", ("input_processor.py", "async_llm.py")),
+    ("vLLM engine client (zmq, msgspec)", ("core_client.py", "zmq", "msgspec")),
+    ("sdg stages", ("gen/stages/",)),
+    ("sdg engine pool", ("cluster/engine.py",)),
+    ("sdg filters and sink", ("filters/", "gen/sink.py", "pyarrow")),
+    ("sdg run loop", ("gen/run.py", "gen/progress.py")),
+    ("Ray calls and serialisation", ("ray/", "_raylet", "cloudpickle", "pickle")),
+    ("asyncio", ("asyncio/",)),
+]
 
 
 def instructions(count: int) -> list[str]:
@@ -38,8 +67,46 @@ def median_run(timed_runs: list[dict]) -> dict:
     return {**ordered[len(ordered) // 2], "all_tokens_per_s": [round(r["tokens_per_s"]) for r in timed_runs]}
 
 
-def bare_vllm(model_path: str, engine_args: dict, prompts: list[str], sampling: dict, repeats: int,
-              out) -> None:
+class CpuMeter:
+    """CPU seconds of named processes, and of their children by role, over one timed run."""
+
+    def __init__(self, roots: dict[str, int]):
+        self.roots = {pid: name for name, pid in roots.items()}
+
+    def _now(self) -> dict[str, float]:
+        roles = dict(self.roots)
+        for pid in self.roots:
+            for child in psutil.Process(pid).children(recursive=True):
+                roles.setdefault(child.pid, _role(child))  # a root's own name wins
+        out: dict[str, float] = {}
+        for pid, role in roles.items():
+            out[role] = out.get(role, 0.0) + _cpu(pid)
+        return out
+
+    def __enter__(self):
+        self.before = self._now()
+        return self
+
+    def __exit__(self, *exc):
+        after = self._now()
+        self.seconds = {name: round(after[name] - self.before.get(name, 0.0), 2) for name in after}
+
+
+def _cpu(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def _role(process: psutil.Process) -> str:
+    name = process.name()
+    return {"VLLM::EngineCore": "vLLM engine core", "VLLM::Worker": "vLLM model worker"}.get(name, "Ray and others")
+
+
+def bare_vllm(model_path: str, engine_args: dict, prompts: list[str], sampling: dict, commands, out) -> None:
+    """The bare side, in its own process: loads, then times one `LLM.generate` per command."""
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_path, **engine_args)
@@ -48,88 +115,166 @@ def bare_vllm(model_path: str, engine_args: dict, prompts: list[str], sampling: 
                                            add_generation_prompt=True) for p in prompts]
     params = SamplingParams(**sampling)
     llm.generate(texts[:8], params, use_tqdm=False)  # warm-up, as sdg's replicas are warm too
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        outputs = llm.generate(texts, params, use_tqdm=False)
-        seconds = time.perf_counter() - started
+    out.put("ready")
+    while commands.get() == "run":
+        with CpuMeter({"frontend (LLM)": os.getpid()}) as cpu:
+            started = time.perf_counter()
+            outputs = llm.generate(texts, params, use_tqdm=False)
+            seconds = time.perf_counter() - started
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-        runs.append({"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds})
-    out.put(median_run(runs))
+        out.put({"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds,
+                 "cpu_s": cpu.seconds})
 
 
-def sdg_run(model: str, spec_fields: dict, prompts: list[str], repeats: int, workdir: Path) -> dict:
-    import asyncio
+class SdgSide:
+    """sdg's side: replicas started once, then one whole `gen.run.run` per timed run."""
 
-    from cluster.ray_cluster import connect
-    from gen.run import run, start_engine
-    from gen.spec import Spec
+    def __init__(self, spec_fields: dict, prompts: list[str], workdir: Path):
+        import asyncio
 
-    seeds = workdir / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"instruction": p}) + "\n" for p in prompts))
-    specs = [Spec.model_validate({**spec_fields, "seeds": {"paths": [str(seeds)]},
-                                  "stages": [{"type": "respond"}],
-                                  "output": {"dir": str(workdir / f"out{i}"), "rows_per_shard": 1000}})
-             for i in range(repeats)]
-    connect(None)
-    engine = start_engine(specs[0])
-    asyncio.run(engine.chat([{"role": "user", "content": "warm up"}], {"max_tokens": 8}, key="warm-up"))
-    runs = []
-    for spec in specs:  # a fresh output dir each time: a rerun into the same one would resume
-        started = time.perf_counter()
-        manifest = run(spec, engine=engine, progress=False)
-        seconds = time.perf_counter() - started
+        import ray
+
+        from cluster.ray_cluster import connect
+        from gen.run import start_engine
+        from gen.spec import Spec
+
+        seeds = workdir / "seeds.jsonl"
+        seeds.write_text("".join(json.dumps({"instruction": p}) + "\n" for p in prompts))
+        self.specs = (Spec.model_validate({**spec_fields, "seeds": {"paths": [str(seeds)]},
+                                           "stages": [{"type": "respond"}],
+                                           "output": {"dir": str(workdir / f"out{i}"), "rows_per_shard": 1000}})
+                      for i in range(1_000_000))  # a fresh output dir each run: the same one would resume
+        self.workdir, self.requests = workdir, len(prompts)
+        connect(None)
+        self.engine = start_engine(next(self.specs))
+        asyncio.run(self.engine.chat([{"role": "user", "content": "warm up"}], {"max_tokens": 8}, key="warm-up"))
+        self.replica_pid = ray.get(self.engine.replicas[0].__ray_call__.remote(lambda _: os.getpid()))
+
+    def timed_run(self) -> dict:
+        from gen.run import run
+
+        with CpuMeter({"frontend (Ray actor)": self.replica_pid, "sdg driver": os.getpid()}) as cpu:
+            started = time.perf_counter()
+            manifest = run(next(self.specs), engine=self.engine, progress=False)
+            seconds = time.perf_counter() - started
         tokens = manifest["this_run"]["completion_tokens"]
-        runs.append({"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds})
-    engine.shutdown()
-    return median_run(runs)
+        return {"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds,
+                "cpu_s": cpu.seconds}
+
+    def profiled_run(self) -> dict:
+        from gen.run import run
+
+        return profiled_run(next(self.specs), self.engine, run, self.replica_pid, self.workdir, self.requests)
+
+
+def profiled_run(spec, engine, run, replica_pid: int, workdir: Path, requests: int) -> dict:
+    """One more run with py-spy sampling the replica and the driver: CPU-s per 1,000 requests by
+    component (samples of the thread holding the GIL: Python's CPU time, not threads waiting)."""
+    rate = 200
+    spies = {name: subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+                                     "--rate", str(rate), "--format", "raw", "--nonblocking", "--gil",
+                                     "-o", str(workdir / f"{name}.txt")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for name, pid in (("replica", replica_pid), ("driver", os.getpid()))}
+    time.sleep(2)  # py-spy attaches
+    run(spec, engine=engine, progress=False)
+    for spy in spies.values():
+        spy.send_signal(2)
+        spy.wait()
+    return {name: components(workdir / f"{name}.txt", rate, requests) for name in spies}
+
+
+def components(raw: Path, rate: int, requests: int) -> dict[str, float]:
+    counts: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        counts[_component(stack.split(";"))] += int(samples)
+    return {name: round(samples / rate * 1000 / requests, 3) for name, samples in counts.most_common()}
+
+
+def _component(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, patterns in COMPONENTS:
+            if any(pattern in frame for pattern in patterns):
+                return name
+    return "other"
+
+
+def measure(model: str, prompts_count: int, max_tokens: int, args) -> dict:
+    from gen.embedded_models import EMBEDDED_MODELS, local_path
+
+    model_path = local_path(model)
+    # the embedded models are float32 checkpoints for CPUs without bfloat16
+    dtype = "float32" if model in EMBEDDED_MODELS and args.dtype == "auto" else args.dtype
+    extra = {} if args.no_cpu_kv_cache else {"kv_cache_memory_bytes": int(args.kv_cache_gib * (1 << 30))}
+    if not args.compiled and not args.no_cpu_kv_cache:
+        extra["enforce_eager"] = True  # what sdg's replicas default to on CPU
+    sampling = {"temperature": 0.8, "top_p": 0.95, "max_tokens": max_tokens, "ignore_eos": True}
+    prompts = instructions(prompts_count)
+
+    context = multiprocessing.get_context("spawn")
+    commands, out = context.Queue(), context.Queue()
+    child = context.Process(target=bare_vllm, args=(
+        model_path, {"dtype": dtype, "max_model_len": args.max_model_len, "seed": 0, **extra},
+        prompts, sampling, commands, out))
+    child.start()
+    assert out.get() == "ready"
+    with tempfile.TemporaryDirectory() as workdir:
+        sdg = SdgSide({"model": {"name": model, "dtype": dtype, "max_model_len": args.max_model_len,
+                                 "engine_args": extra},
+                       "sampling": {**sampling, "seed": 0}}, prompts, Path(workdir))
+        # The two sides take turns, so a change in the machine's load hits both alike.
+        bare_runs, sdg_runs = [], []
+        for _ in range(args.repeats):
+            commands.put("run")
+            bare_runs.append(out.get())
+            sdg_runs.append(sdg.timed_run())
+        commands.put("stop")
+        child.join()
+        sdg_result = median_run(sdg_runs)
+        if args.profile:
+            sdg_result["components"] = sdg.profiled_run()
+        sdg.engine.shutdown()
+    bare = median_run(bare_runs)
+    return {"model": model, "prompts": prompts_count, "max_tokens": max_tokens, "engine_args": extra,
+            "bare_vllm": bare, "sdg": sdg_result, "ratio": sdg_result["tokens_per_s"] / bare["tokens_per_s"]}
+
+
+def report(result: dict) -> None:
+    print(f"\n{result['model']}: {result['prompts']:,} prompts x {result['max_tokens']} tokens")
+    for name, side in (("bare vLLM LLM.generate", result["bare_vllm"]), ("sdg run", result["sdg"])):
+        print(f"  {name + ':':24}{side['tokens_per_s']:,.0f} tok/s median of {side['all_tokens_per_s']} "
+              f"({side['completion_tokens']:,} tokens in {side['seconds']:.1f} s)")
+        per_1000 = {k: round(v * 1000 / result["prompts"], 2) for k, v in side["cpu_s"].items()}
+        print(f"  {'':24}CPU-s per 1,000 requests: {per_1000}")
+    for process, parts in result["sdg"].get("components", {}).items():
+        print(f"  sdg {process} by component (py-spy, CPU-s per 1,000 requests): {parts}")
+    print(f"  ratio sdg / bare:     {result['ratio']:.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="sdg/tiny-random-chat")
-    parser.add_argument("--prompts", type=int, default=2000)
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--model", action="append", help=f"repeatable; default: {', '.join(SIZES)}")
+    parser.add_argument("--prompts", type=int, help="default: per model, " + str(SIZES))
+    parser.add_argument("--max-tokens", type=int)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median is reported")
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0,
                         help="KV cache size in GiB (on CPU vLLM otherwise reserves a share of RAM)")
     parser.add_argument("--no-cpu-kv-cache", action="store_true", help="leave the KV cache size to vLLM (GPU)")
+    parser.add_argument("--compiled", action="store_true", help="torch.compile on both sides (CPU default: eager)")
+    parser.add_argument("--profile", action="store_true", help="one more sdg run under py-spy: CPU by component")
     args = parser.parse_args()
 
-    from gen.embedded_models import EMBEDDED_MODELS, local_path
-
-    model_path = local_path(args.model)
-    # the embedded models are float32 checkpoints for CPUs without bfloat16
-    dtype = "float32" if args.model in EMBEDDED_MODELS and args.dtype == "auto" else args.dtype
-    extra = {} if args.no_cpu_kv_cache else {"kv_cache_memory_bytes": int(args.kv_cache_gib * (1 << 30))}
-    sampling = {"temperature": 0.8, "top_p": 0.95, "max_tokens": args.max_tokens, "ignore_eos": True}
-    prompts = instructions(args.prompts)
-
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=bare_vllm, args=(
-        model_path, {"dtype": dtype, "max_model_len": args.max_model_len, "seed": 0, **extra},
-        prompts, sampling, args.repeats, queue))
-    child.start()
-    bare = queue.get()
-    child.join()
-
-    with tempfile.TemporaryDirectory() as workdir:
-        sdg = sdg_run(args.model, {
-            "model": {"name": args.model, "dtype": dtype, "max_model_len": args.max_model_len,
-                      "engine_args": extra},
-            "sampling": {**sampling, "seed": 0}}, prompts, args.repeats, Path(workdir))
-
-    result = {"model": args.model, "prompts": args.prompts, "max_tokens": args.max_tokens,
-              "bare_vllm": bare, "sdg": sdg, "ratio": sdg["tokens_per_s"] / bare["tokens_per_s"]}
+    results = []
+    for model in args.model or list(SIZES):
+        prompts, max_tokens = SIZES.get(model, (2000, 128))
+        results.append(measure(model, args.prompts or prompts, args.max_tokens or max_tokens, args))
+        report(results[-1])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps(result, indent=2))
-    for name, side in (("bare vLLM LLM.generate", bare), ("sdg run", sdg)):
-        print(f"{name + ':':24}{side['tokens_per_s']:,.0f} tok/s median of {side['all_tokens_per_s']} "
-              f"({side['completion_tokens']:,} tokens in {side['seconds']:.1f} s)")
-    print(f"ratio sdg / bare:       {result['ratio']:.3f}")
+    (RESULTS / "throughput.json").write_text(json.dumps(results, indent=2))
+    print("\nratios sdg / bare: " + ", ".join(f"{r['model']} {r['ratio']:.3f}" for r in results))
 
 
 if __name__ == "__main__":

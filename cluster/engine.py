@@ -101,16 +101,24 @@ class EngineReplica:
     """One vLLM engine. Runs as an async Ray actor; see :func:`start_replicas`."""
 
     def __init__(self, engine_args: dict[str, Any]):
+        started = time.monotonic()
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        imported = time.monotonic()
+        defaults = {"disable_log_stats": True}
+        if current_platform.is_cpu():
+            # torch.compile on CPU costs more start-up than it returns in decoding speed, even
+            # from a warm compile cache (benchmarks/bench_startup.py); a GPU keeps vLLM's default.
+            defaults["enforce_eager"] = True
         # An offline batch workload: vLLM's LLM-class defaults (larger max_num_seqs and
         # max_num_batched_tokens than its server defaults; no periodic stats) fit it, as they
         # fit the bare LLM.generate sdg is measured against.
-        args = AsyncEngineArgs(**{"disable_log_stats": True, **engine_args})
+        args = AsyncEngineArgs(**{**defaults, **engine_args})
         self.engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
+        self.startup = {"import_s": imported - started, "engine_init_s": time.monotonic() - imported}
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
         self.on_cpu = current_platform.is_cpu()
@@ -135,6 +143,7 @@ class EngineReplica:
             "user_turn_prefix": self._user_turn_prefix(),
             "chat_template": getattr(self.tokenizer, "chat_template", None),
             "on_cpu": self.on_cpu,
+            "startup": self.startup,
         }
 
     def _user_turn_prefix(self) -> str | None:
@@ -148,6 +157,21 @@ class EngineReplica:
             return None
         prefix = rendered.split(marker)[0] if marker in rendered else ""
         return prefix or None
+
+    async def generate_batch(self, requests: list[tuple[str | list[dict[str, str]], dict[str, Any]]]):
+        """Serve several requests of one actor call (a Ray streaming generator): yields the
+        ``(position, completions)`` pairs of whatever finished together, as they finish."""
+        finished: asyncio.Queue[tuple[int, asyncio.Task]] = asyncio.Queue()
+        for position, (prompt, sampling) in enumerate(requests):
+            task = asyncio.ensure_future(self.generate(prompt, sampling))
+            task.add_done_callback(lambda done, position=position: finished.put_nowait((position, done)))
+        remaining = len(requests)
+        while remaining:
+            ready = [await finished.get()]
+            while not finished.empty():
+                ready.append(finished.get_nowait())
+            remaining -= len(ready)
+            yield [(position, task.result()) for position, task in ready]  # a dead engine raises here
 
     async def generate(
         self, prompt: str | list[dict[str, str]], sampling: dict[str, Any]
@@ -170,6 +194,10 @@ class EngineReplica:
                   if not (self.on_cpu and k in _CPU_UNSUPPORTED_SAMPLING)}
         params["max_tokens"] = min(int(params.get("max_tokens") or room), room)
         params["output_kind"] = RequestOutputKind.FINAL_ONLY  # no per-token streaming overhead
+        # vLLM detokenises every request incrementally, token by token, which only stop strings
+        # need; without them the text is decoded once at the end, at a fraction of the CPU.
+        decode_at_end = not params.get("stop")
+        params["detokenize"] = not decode_at_end
         try:
             final = None
             async for output in self.engine.generate(
@@ -183,8 +211,11 @@ class EngineReplica:
             raise EngineFailed(f"the vLLM engine of this replica died: {exc}") from None
         except (ValueError, TypeError) as exc:  # vLLM's per-request validation errors
             return [Completion("", "error", len(token_ids), 0, str(exc))] * n
+        skip_special_tokens = params.get("skip_special_tokens", True)
         return [
-            Completion(o.text, o.finish_reason or "stop", len(token_ids), len(o.token_ids))
+            Completion(self.tokenizer.decode(o.token_ids, skip_special_tokens=skip_special_tokens)
+                       if decode_at_end else o.text,
+                       o.finish_reason or "stop", len(token_ids), len(o.token_ids))
             for o in final.outputs
         ]
 
@@ -210,6 +241,9 @@ class _LoopState:
     slots: asyncio.Semaphore
     health_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     recovering: dict[int, asyncio.Task] = field(default_factory=dict)  # replica -> its ping loop
+    outgoing: dict[int, list[tuple[Any, dict[str, Any], asyncio.Future]]] = field(default_factory=dict)
+    receiving: set[asyncio.Task] = field(default_factory=set)  # one per actor call in flight
+    watchdog: asyncio.Task | None = None
 
 
 class EnginePool:
@@ -232,6 +266,7 @@ class EnginePool:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.infrastructure_failures = 0  # requests sent again because their replica was lost
+        self.startup: dict[str, float] = {}  # where the start-up time went (LaunchedReplicas.ready)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 
     async def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any], key: str) -> list[Completion]:
@@ -251,7 +286,7 @@ class EnginePool:
             for attempt in range(1, self.limits.request_attempts + 1):
                 index = await self._pick(state)
                 try:
-                    completions = await self._call(index, prompt, sampling)
+                    completions = await self._call(index, prompt, sampling, state)
                     break
                 except INFRASTRUCTURE_ERRORS as exc:
                     self.infrastructure_failures += 1
@@ -271,6 +306,7 @@ class EnginePool:
         state = self._loops.get(loop)
         if state is None:
             state = self._loops[loop] = _LoopState(asyncio.Semaphore(self.capacity))
+            state.watchdog = loop.create_task(self._watch_for_stalls())  # ends with the loop
         return state
 
     async def _pick(self, state: _LoopState) -> int:
@@ -285,28 +321,63 @@ class EnginePool:
                 await state.health_changed.wait()
         return min(self._healthy, key=self._in_flight.__getitem__)
 
-    async def _call(self, index: int, prompt, sampling: dict[str, Any]) -> list[Completion]:
-        """One request on one replica, watched: a replica that holds requests and finishes none
-        for ``stall_timeout_s`` is hung, and is killed so that Ray restarts it."""
+    async def _call(self, index: int, prompt, sampling: dict[str, Any], state: _LoopState) -> list[Completion]:
+        """One request on one replica (watched by :meth:`_watch_for_stalls`)."""
         if self._in_flight[index] == 0:
             self._last_progress[index] = time.monotonic()
         self._in_flight[index] += 1
         try:
-            reply = asyncio.wrap_future(self.replicas[index].generate.remote(prompt, sampling).future())
-            while True:
-                try:
-                    completions = await asyncio.wait_for(asyncio.shield(reply), self.limits.stall_timeout_s)
-                    break
-                except TimeoutError:
-                    if time.monotonic() - self._last_progress[index] >= self.limits.stall_timeout_s:
-                        log.error("replica %d finished no request for %.0f s (failures.stall_timeout_s): "
-                                  "killing it so Ray restarts it", index, self.limits.stall_timeout_s)
-                        ray.kill(self.replicas[index], no_restart=False)
-                        self._last_progress[index] = time.monotonic()  # one kill per stall
-            self._last_progress[index] = time.monotonic()
-            return completions
+            return await self._send(index, prompt, sampling, state)
         finally:
             self._in_flight[index] -= 1
+
+    async def _watch_for_stalls(self) -> None:
+        """A replica that holds requests and finishes none for ``stall_timeout_s`` is hung: it is
+        killed, so that Ray restarts it and its requests fail over."""
+        timeout = self.limits.stall_timeout_s
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            for index, replica in enumerate(self.replicas):
+                if self._in_flight[index] and time.monotonic() - self._last_progress[index] >= timeout:
+                    log.error("replica %d finished no request for %.0f s (failures.stall_timeout_s): "
+                              "killing it so Ray restarts it", index, timeout)
+                    ray.kill(replica, no_restart=False)
+                    self._last_progress[index] = time.monotonic()  # one kill per stall
+
+    def _send(self, index: int, prompt, sampling: dict[str, Any], state: _LoopState) -> asyncio.Future:
+        """Queue one request for replica ``index``. The requests queued during one turn of the
+        event loop go in one actor call: a Ray call costs the driver about a millisecond of CPU,
+        which per request would be a large share of what a small model's request costs."""
+        loop = asyncio.get_running_loop()
+        reply = loop.create_future()
+        if index not in state.outgoing:
+            state.outgoing[index] = []
+            loop.call_soon(self._flush, index, state)
+        state.outgoing[index].append((prompt, sampling, reply))
+        return reply
+
+    def _flush(self, index: int, state: _LoopState) -> None:
+        batch = state.outgoing.pop(index)
+        stream = self.replicas[index].generate_batch.options(num_returns="streaming").remote(
+            [(prompt, sampling) for prompt, sampling, _ in batch])
+        receiver = asyncio.ensure_future(self._receive(index, stream, [reply for _, _, reply in batch]))
+        state.receiving.add(receiver)
+        receiver.add_done_callback(state.receiving.discard)
+
+    async def _receive(self, index: int, stream, replies: list[asyncio.Future]) -> None:
+        """Hand each request of one actor call its completions as the replica streams them back;
+        when the replica fails, every request still waiting gets the error (and is sent again)."""
+        try:
+            async for ref in stream:
+                finished = await ref
+                self._last_progress[index] = time.monotonic()
+                for position, completions in finished:
+                    if not replies[position].done():  # not given up on by a cancelled run
+                        replies[position].set_result(completions)
+        except Exception as exc:  # noqa: BLE001 - each waiting request decides what the error means
+            for reply in replies:
+                if not reply.done():
+                    reply.set_exception(exc)
 
     def _take_out(self, index: int, state: _LoopState) -> None:
         """Route nothing to ``index`` until it answers a ping again (Ray is restarting it)."""
@@ -379,7 +450,17 @@ def start_replicas(
     engine_args: dict[str, Any], replicas: int, tensor_parallel_size: int,
     max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(),
 ) -> EnginePool:
-    """Start ``replicas`` engines; each takes ``tensor_parallel_size`` GPUs when the cluster has GPUs."""
+    """Start ``replicas`` engines and wait until they serve; see :func:`launch_replicas`."""
+    return launch_replicas(engine_args, replicas, tensor_parallel_size, max_in_flight_per_replica, limits).ready()
+
+
+def launch_replicas(
+    engine_args: dict[str, Any], replicas: int, tensor_parallel_size: int,
+    max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(),
+) -> LaunchedReplicas:
+    """Place ``replicas`` engines and let them load while the caller does other work (a run reads
+    its seeds and builds its filters meanwhile); each takes ``tensor_parallel_size`` GPUs when the
+    cluster has GPUs."""
     resources = replica_resources(ray.cluster_resources(), replicas, tensor_parallel_size)
     # vLLM's per-step INFO lines would drown the run's own progress in the driver's output.
     env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
@@ -388,18 +469,44 @@ def start_replicas(
     actor_cls = ray.remote(**resources, max_concurrency=max(1000, 2 * max_in_flight_per_replica),
                            max_restarts=limits.replica_restarts, max_task_retries=0,
                            runtime_env={"env_vars": env})(EngineReplica)
-    handles = [actor_cls.remote(engine_args) for _ in range(replicas)]
-    try:
-        # raises here if an engine fails to start
-        infos = ray.get([h.info.remote() for h in handles], timeout=limits.startup_timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        for handle in handles:
+    return LaunchedReplicas([actor_cls.remote(engine_args) for _ in range(replicas)], engine_args["model"],
+                            "num_gpus" in resources, max_in_flight_per_replica, limits)
+
+
+@dataclass
+class LaunchedReplicas:
+    """Replicas placed and loading their model."""
+
+    handles: list[Any]
+    model: str
+    on_gpus: bool
+    max_in_flight_per_replica: int
+    limits: EngineLimits
+    launched_at: float = field(default_factory=time.monotonic)
+
+    def ready(self) -> EnginePool:
+        """Wait until every replica serves; raises here if an engine fails to start."""
+        try:
+            infos = ray.get([h.info.remote() for h in self.handles],
+                            timeout=max(self.limits.startup_timeout_s - (time.monotonic() - self.launched_at), 1))
+        except ray.exceptions.GetTimeoutError:
+            self.cancel()
+            raise ResourcesUnavailable(
+                f"the engine replicas were not ready after {self.limits.startup_timeout_s:g} s "
+                f"(failures.startup_timeout_s); free in the cluster now: {ray.available_resources()}") from None
+        except BaseException:
+            self.cancel()
+            raise
+        if infos[0]["on_cpu"]:
+            yield_cpu_to_engine()
+        log.info("started %d vLLM replica(s) of %s (%s)", len(self.handles), self.model,
+                 "GPU" if self.on_gpus else "CPU")
+        pool = EnginePool(self.handles, infos[0], self.max_in_flight_per_replica, self.limits)
+        slowest = max(infos, key=lambda info: sum(info["startup"].values()))["startup"]
+        pool.startup = {"replicas_ready_s": round(time.monotonic() - self.launched_at, 3),
+                        **{f"vllm_{name}": round(seconds, 3) for name, seconds in slowest.items()}}
+        return pool
+
+    def cancel(self) -> None:
+        for handle in self.handles:
             ray.kill(handle)
-        raise ResourcesUnavailable(
-            f"the engine replicas were not ready after {limits.startup_timeout_s:g} s "
-            f"(failures.startup_timeout_s); free in the cluster now: {ray.available_resources()}") from None
-    if infos[0]["on_cpu"]:
-        yield_cpu_to_engine()
-    log.info("started %d vLLM replica(s) of %s (%s)", replicas, engine_args["model"],
-             "GPU" if "num_gpus" in resources else "CPU")
-    return EnginePool(handles, infos[0], max_in_flight_per_replica, limits)

@@ -45,8 +45,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         # Ray warns on every new cluster that token auth is on; this one is private to us.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR)
+        # Ray runs its workers at niceness 15 by default, so a replica's vLLM processes would
+        # lose the CPU to anything else on the machine, this driver included; at 0 they run as a
+        # bare vLLM does, and sdg's own processes yield to them (cluster.engine.yield_cpu_to_engine).
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
         return True
     _use_token_if_cluster_requires_it(address)
     ray.init(address=address, logging_level=logging.WARNING)

@@ -40,7 +40,7 @@ from gen.spec import Spec
 from gen.stages import STAGES, SourceStage, Stage, StageContext, WorkItem, build_stage
 
 if TYPE_CHECKING:
-    from cluster.engine import EnginePool
+    from cluster.engine import EnginePool, LaunchedReplicas
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +64,29 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
 
     started = time.monotonic()
     sink = ShardSink.open(spec.output.dir, spec.identity(), spec.output.compression)
-    owned_engine = chain = session = seeds = None
+    owned_engine = launched = chain = session = seeds = None
     owns_ray = False
+    startup = _StartupClock(started)
     try:
+        owns_ray = connect(address)
+        startup.mark("ray_s")
+        if engine is None and any(STAGES[type(c)].uses_llm for c in spec.stages):
+            model_path = local_path(spec.model.name)  # an embedded model is built on first use
+            startup.mark("model_s")
+            launched = launch_engine(spec, model_path)
+        # Seeds and filters are read while the engines load: a bad seed line, or a benchmark or
+        # model file a filter cannot read, stops the run in seconds, not after the model loaded.
         seeds = SeedReader(**spec.seeds.model_dump()) if spec.seeds else None
         seed_records = list(seeds) if seeds else []
-        owns_ray = connect(address)
-        # Filters before the engine: a benchmark or model file they cannot read fails in seconds,
-        # not after the model loaded.
         chain = build_chain(spec.filters, committed=lambda: sink.committed.records(kinds=("data",)))
         if any(f.stateful for f in chain.filters) and sink.committed.entries:
             chain.observe_committed(sink.committed.records(kinds=("data",)))  # resuming
-        if engine is None and any(STAGES[type(c)].uses_llm for c in spec.stages):
-            engine = owned_engine = start_engine(spec)
+        startup.mark("seeds_and_filters_s")
+        if launched is not None:
+            engine = owned_engine = launched.ready()
+            startup.mark("engines_s", **engine.startup)
+            log.info("engines ready after %.1f s: %s", time.monotonic() - started,
+                     ", ".join(f"{name.removesuffix('_s')} {seconds:.1f} s" for name, seconds in startup.phases.items()))
         engine_ready = time.monotonic()
         ctx = StageContext(engine=engine, model=spec.model.name, sampling=spec.sampling,
                            prompt_overrides=spec.prompts)
@@ -89,7 +99,9 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
         finally:
             finished = time.monotonic()
             served = [after - before for after, before in zip(_served(engine), served_before)]
-            manifest = _manifest(spec, sink, seeds, session, served, started, engine_ready, finished)
+            if session.first_result_at is not None:
+                startup.phases["first_result_s"] = round(session.first_result_at - started, 3)
+            manifest = _manifest(spec, sink, seeds, session, served, startup, engine_ready, finished)
             sink.write_manifest(manifest)
         return manifest
     finally:
@@ -97,6 +109,8 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
             chain.close()  # the dedup index actors must not outlive the run on a shared cluster
         if owned_engine is not None:
             owned_engine.shutdown()
+        elif launched is not None:
+            launched.cancel()  # the run stopped before its engines were ready
         if owns_ray:
             import ray
 
@@ -106,12 +120,17 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
         sink.close()
 
 
-def start_engine(spec: Spec):
-    from cluster.engine import EngineLimits, start_replicas
+def start_engine(spec: Spec) -> EnginePool:
+    """The spec's engine replicas, started and serving (for callers that share them across runs)."""
+    return launch_engine(spec, local_path(spec.model.name)).ready()
+
+
+def launch_engine(spec: Spec, model_path: str) -> LaunchedReplicas:
+    from cluster.engine import EngineLimits, launch_replicas
 
     model, failures = spec.model, spec.failures
     engine_args: dict[str, Any] = {
-        "model": local_path(model.name),
+        "model": model_path,
         "served_model_name": model.name,
         "dtype": model.dtype,
         "tensor_parallel_size": model.tensor_parallel_size,
@@ -124,8 +143,23 @@ def start_engine(spec: Spec):
     }
     limits = EngineLimits(request_attempts=failures.request_attempts, replica_restarts=failures.replica_restarts,
                           stall_timeout_s=failures.stall_timeout_s, startup_timeout_s=failures.startup_timeout_s)
-    return start_replicas(engine_args, model.replicas, model.tensor_parallel_size,
-                          model.max_in_flight_per_replica, limits)
+    return launch_replicas(engine_args, model.replicas, model.tensor_parallel_size,
+                           model.max_in_flight_per_replica, limits)
+
+
+class _StartupClock:
+    """Where a run's start-up went, phase by phase, for the manifest's ``this_run.startup``."""
+
+    def __init__(self, started: float):
+        self.started = self._last = started
+        self.phases: dict[str, float] = {}
+
+    def mark(self, phase: str, **details: float) -> None:
+        """``phase`` ended now; ``details`` break it down further."""
+        now = time.monotonic()
+        self.phases[phase] = round(now - self._last, 3)
+        self.phases.update(details)
+        self._last = now
 
 
 @dataclass
@@ -141,6 +175,7 @@ class _Session:
     items_finished: int = 0
     resumed_shards: int = 0
     outcome: str = "running"
+    first_result_at: float | None = None  # when the first work item came back from the stages
     _buffer: list[tuple[str, list[Record]]] = field(default_factory=list)
     _buffered_rows: int = 0
     _committing: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -219,6 +254,8 @@ class _Session:
         async def one(item: WorkItem) -> None:
             try:
                 records = await self._through(map_stages, item)
+                if self.first_result_at is None:
+                    self.first_result_at = time.monotonic()
                 self._buffer.append((item[0]["work_key"], records))
                 self._buffered_rows += len(records)
                 if self._buffered_rows >= self.max_buffered_rows:
@@ -397,7 +434,7 @@ def _served(engine: EnginePool | None) -> tuple[int, int, int]:
 
 
 def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _Session,
-              served: list[int], started: float, engine_ready: float, finished: float) -> dict[str, Any]:
+              served: list[int], startup: _StartupClock, engine_ready: float, finished: float) -> dict[str, Any]:
     generation_s = max(finished - engine_ready, 1e-9)
     return {
         "status": session.outcome,
@@ -409,8 +446,9 @@ def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _S
         "seeds": {"skipped": seeds.skipped if seeds else 0,
                   "problems": [{"where": p.where, "what": p.what} for p in seeds.problems] if seeds else []},
         "this_run": {
-            "wall_s": round(finished - started, 3),
-            "engine_start_s": round(engine_ready - started, 3),
+            "wall_s": round(finished - startup.started, 3),
+            "startup_s": round(engine_ready - startup.started, 3),
+            "startup": startup.phases,
             "generation_s": round(generation_s, 3),
             "prompt_tokens": served[0],
             "completion_tokens": served[1],

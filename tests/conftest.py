@@ -12,11 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # real data beside the project, when present
 
-# Small enough to start beside the subprocess runs some tests make (each reserves its own cache);
-# eager, because on CPU it starts several times faster than compiling (README: Start-up on CPU) and
-# the tests start many engines.
-TEST_ENGINE_ARGS = {"dtype": "float32", "max_model_len": 1024, "kv_cache_memory_bytes": 512 << 20, "seed": 0,
-                    "enforce_eager": True}
+# Small enough to start beside the subprocess runs some tests make (each reserves its own cache).
+# Eager, as every replica on CPU is by default (README: Start-up on CPU).
+TEST_ENGINE_ARGS = {"dtype": "float32", "max_model_len": 1024, "kv_cache_memory_bytes": 512 << 20, "seed": 0}
 
 
 @pytest.fixture(scope="session")

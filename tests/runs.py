@@ -22,7 +22,7 @@ model:
   name: sdg/tiny-random-chat
   dtype: {TEST_ENGINE_ARGS['dtype']}
   max_model_len: {TEST_ENGINE_ARGS['max_model_len']}
-  engine_args: {{kv_cache_memory_bytes: {TEST_ENGINE_ARGS['kv_cache_memory_bytes']}, enforce_eager: true}}
+  engine_args: {{kv_cache_memory_bytes: {TEST_ENGINE_ARGS['kv_cache_memory_bytes']}}}
 sampling: {{temperature: 0.8, max_tokens: 48, ignore_eos: true, seed: 0}}
 stages:
   - type: respond

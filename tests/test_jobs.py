@@ -161,7 +161,7 @@ def test_submitted_run_writes_shards_where_the_submitter_asked(head, tmp_path,
     spec.write_text(
         "seeds: {paths: [../data/seeds.jsonl]}\n"
         "model: {name: sdg/tiny-random-chat, max_model_len: 1024,"
-        " engine_args: {kv_cache_memory_bytes: 536870912, enforce_eager: true}}\n"
+        " engine_args: {kv_cache_memory_bytes: 536870912}}\n"
         "sampling: {max_tokens: 16}\n"
         "stages: [{type: respond}]\n"
         "output: {dir: out}\n")

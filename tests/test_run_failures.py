@@ -134,15 +134,18 @@ def recording_replica_class():
     """Defined in a function, so Ray ships the class by value to its worker (this test module
     is not importable there)."""
 
-    class RecordingReplica:
-        """A replica that records the sampling each request carries, as vLLM would receive it."""
+    from cluster.engine import EngineReplica
+
+    class RecordingReplica(EngineReplica):
+        """A replica whose engine records the sampling each request carries, as vLLM would
+        receive it; the rest (one actor call per batch of requests, streamed back) is the real one."""
 
         def __init__(self):
             self.received = []
 
         def info(self):
             return {"max_model_len": 1024, "user_turn_prefix": "<|im_start|>user\n", "chat_template": None,
-                    "on_cpu": False}
+                    "on_cpu": False, "startup": {}}
 
         def ping(self):
             return True
