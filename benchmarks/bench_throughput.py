@@ -39,7 +39,7 @@ SIZES = {"sdg/tiny-random-chat": (2000, 128), "sdg/smollm2-135m-instruct": (192,
 # py-spy stack samples -> component: the innermost frame that matches a pattern decides.
 COMPONENTS = [
     ("chat template", ("apply_chat_template",)),
-    ("tokenise", ("tokenization_utils", "tokenizers", "encode (")),
+    ("tokenise", ("tokenization_utils", "tokenizers")),
     ("SamplingParams", ("SamplingParams", "sampling_params.py")),
     ("detokenise", ("detokenizer.py",)),
     ("vLLM output processing", ("output_processor.py",)),

@@ -45,7 +45,7 @@ from tests.runs import (  # noqa: E402
 
 FAULTS = ("driver_kill", "driver_sigterm", "engine_core_kill", "engine_freeze", "index_kill", "index_freeze")
 # Short timeouts so frozen processes are noticed within the benchmark's pace.
-OVERRIDES = ["--set", "failures.stall_timeout_s=10", "--set", "failures.grace_period_s=3",
+OVERRIDES = ["--set", "failures.stall_timeout_s=30", "--set", "failures.grace_period_s=3",
              "--set", "filters.0.index_timeout_s=5", "--set", "sampling.max_tokens=32"]
 
 
@@ -97,9 +97,12 @@ def main() -> None:
     started_at = time.monotonic()
     with open(work / "runs.log", "w") as log:
         while True:
+            committed = commits(output)
             driver = start(spec, output, address, log)
             starts += 1
-            while driver.poll() is None and commits(output) == 0:
+            # Faults only once this run committed: its engine and index actors are up, so every
+            # kind of fault has a target (before, only the driver has one).
+            while driver.poll() is None and commits(output) == committed:
                 time.sleep(0.1)
             while driver.poll() is None and sum(injected.values()) < args.faults:
                 time.sleep(rng.uniform(2, 6))
