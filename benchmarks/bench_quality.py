@@ -129,7 +129,7 @@ def main() -> None:
         "funnel": {"candidates": len(answered) + by_stage["self_instruct"],
                    "rejected_by_self_instruct": by_stage["self_instruct"], "answered": len(answered),
                    "kept": len(kept), "kept_share_of_answered": round(len(kept) / max(len(answered), 1), 3)},
-        "drops": manifest["totals"]["drops"],
+        "drops": manifest["totals"]["dropped"],
         "rouge_l_to_nearest_seed": {"bins": ROUGE_BINS, "counts": histogram(rouge, ROUGE_BINS),
                                     "median": round(statistics.median(rouge), 3) if rouge else None},
         "generated": diversity(instructions), "kept": diversity(kept_instructions), "seed_tasks": diversity(seeds),

@@ -60,9 +60,10 @@ def verb_object(instruction: str) -> tuple[str, str | None] | None:
         phrase_end = position + 1
         while phrase_end < len(words) and words[phrase_end][2] == "I-NP":
             phrase_end += 1
-        nouns = [w for w, t, _, _ in words[position:phrase_end] if t.startswith("NN")]
+        nouns = [(w.lower(), t) for w, t, _, _ in words[position:phrase_end] if t.startswith("NN")]
         if nouns:
-            noun = _singular(nouns[-1].lower())
+            head, tag = nouns[-1]
+            noun = _singular(head) if tag == "NNS" else head  # "chess" is not a plural
             break
     return verb, noun
 
