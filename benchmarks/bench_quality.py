@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,24 +38,23 @@ from gen.records import instruction_of, response_of  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 SEED_TASKS = REPO.parent / "shared" / "data" / "self_instruct_seed_tasks.jsonl"
-FILTERS = (REPO / "examples" / "filter.yaml").read_text().split("filters:\n", 1)[1].split("output:", 1)[0]
-SPEC = """\
-seeds: {{paths: [{seeds}], format: self_instruct}}
-model:
-  name: {model}
-  dtype: float32
-  max_model_len: 2048
-  engine_args: {{kv_cache_memory_bytes: 1073741824}}
-sampling: {{temperature: 0.7, top_p: 0.95, max_tokens: 256, seed: 0}}  # the answers
-stages:
-  - type: self_instruct
-    target: {target}
-    instances: false       # respond answers them: an instruct model answers through its chat template
-    sampling: {{max_tokens: 256}}
-  - type: respond
-filters:
-{filters}output: {{dir: {output}, rows_per_shard: 1000}}
-"""
+
+
+def spec_text(seeds: Path, model: str, target: int, output: Path) -> str:
+    filters = yaml.safe_load((REPO / "examples" / "filter.yaml").read_text())["filters"]
+    return yaml.safe_dump({
+        "seeds": {"paths": [str(seeds.resolve())], "format": "self_instruct"},
+        "model": {"name": model, "dtype": "float32", "max_model_len": 2048,
+                  "engine_args": {"kv_cache_memory_bytes": 1 << 30}},
+        "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256, "seed": 0},  # the answers
+        # respond answers the instructions: an instruct model answers through its chat template
+        "stages": [{"type": "self_instruct", "target": target, "instances": False, "sampling": {"max_tokens": 256}},
+                   {"type": "respond"}],
+        "filters": filters,
+        "output": {"dir": str(output.resolve()), "rows_per_shard": 1000},
+    }, sort_keys=False)
+
+
 ROUGE_BINS = [i / 10 for i in range(11)]
 
 
@@ -112,8 +112,7 @@ def main() -> None:
         shutil.rmtree(args.output)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     spec = args.output.parent / "spec.yaml"
-    spec.write_text(SPEC.format(seeds=json.dumps(str(args.seeds.resolve())), model=args.model,
-                                target=args.target, filters=FILTERS, output=json.dumps(str(args.output.resolve()))))
+    spec.write_text(spec_text(args.seeds, args.model, args.target, args.output))
     subprocess.run([sys.executable, "-m", "gen.cli", "run", str(spec), "--no-progress"], cwd=REPO, check=True)
 
     seeds = [json.loads(line)["instruction"] for line in args.seeds.read_text().splitlines() if line.strip()]

@@ -136,26 +136,31 @@ class SdgSide:
 
         from cluster.ray_cluster import connect
         from gen.run import start_engine
-        from gen.spec import Spec
 
         seeds = workdir / "seeds.jsonl"
         seeds.write_text("".join(json.dumps({"instruction": p}) + "\n" for p in prompts))
-        self.specs = (Spec.model_validate({**spec_fields, "seeds": {"paths": [str(seeds)]},
-                                           "stages": [{"type": "respond"}],
-                                           "output": {"dir": str(workdir / f"out{i}"), "rows_per_shard": 1000}})
-                      for i in range(1_000_000))  # a fresh output dir each run: the same one would resume
+        self.spec_fields, self.seeds, self.runs = spec_fields, seeds, 0
         self.workdir, self.requests = workdir, len(prompts)
         connect(None)
-        self.engine = start_engine(next(self.specs))
+        self.engine = start_engine(self._next_spec())
         asyncio.run(self.engine.chat([{"role": "user", "content": "warm up"}], {"max_tokens": 8}, key="warm-up"))
         self.replica_pid = ray.get(self.engine.replicas[0].__ray_call__.remote(lambda _: os.getpid()))
+
+    def _next_spec(self):
+        """The run's spec with a fresh output dir: a rerun into the same one would resume."""
+        from gen.spec import Spec
+
+        self.runs += 1
+        return Spec.model_validate({**self.spec_fields, "seeds": {"paths": [str(self.seeds)]},
+                                    "stages": [{"type": "respond"}],
+                                    "output": {"dir": str(self.workdir / f"out{self.runs}"), "rows_per_shard": 1000}})
 
     def timed_run(self) -> dict:
         from gen.run import run
 
         with CpuMeter({"frontend (Ray actor)": self.replica_pid, "sdg driver": os.getpid()}) as cpu:
             started = time.perf_counter()
-            manifest = run(next(self.specs), engine=self.engine, progress=False)
+            manifest = run(self._next_spec(), engine=self.engine, progress=False)
             seconds = time.perf_counter() - started
         tokens = manifest["this_run"]["completion_tokens"]
         return {"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds,
@@ -164,7 +169,7 @@ class SdgSide:
     def profiled_run(self) -> dict:
         from gen.run import run
 
-        return profiled_run(next(self.specs), self.engine, run, self.replica_pid, self.workdir, self.requests)
+        return profiled_run(self._next_spec(), self.engine, run, self.replica_pid, self.workdir, self.requests)
 
 
 def profiled_run(spec, engine, run, replica_pid: int, workdir: Path, requests: int) -> dict:

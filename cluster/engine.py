@@ -503,8 +503,7 @@ class LaunchedReplicas:
                  "GPU" if self.on_gpus else "CPU")
         pool = EnginePool(self.handles, infos[0], self.max_in_flight_per_replica, self.limits)
         slowest = max(infos, key=lambda info: sum(info["startup"].values()))["startup"]
-        pool.startup = {"replicas_ready_s": round(time.monotonic() - self.launched_at, 3),
-                        **{f"vllm_{name}": round(seconds, 3) for name, seconds in slowest.items()}}
+        pool.startup = {f"vllm_{name}": round(seconds, 3) for name, seconds in slowest.items()}
         return pool
 
     def cancel(self) -> None:

@@ -30,12 +30,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from filters import FilterChain, build_chain
+from gen.embedded_models import local_path
 from gen.errors import CommitFailed, ConfigurationError, Interrupted, RunStopped, TooManyStageErrors
 from gen.progress import Progress
 from gen.records import DROP_KEY, Record, drop, is_dropped
 from gen.seeds import SeedReader
 from gen.sink import ShardSink
-from gen.embedded_models import local_path
 from gen.spec import Spec
 from gen.stages import STAGES, SourceStage, Stage, StageContext, WorkItem, build_stage
 
