@@ -232,6 +232,9 @@ class EnginePool:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.infrastructure_failures = 0  # requests sent again because their replica was lost
+        # The same per replica, sampled by gen/telemetry.py for the run's time series and Ray metrics.
+        self.completion_tokens_by_replica = [0] * len(replicas)
+        self.failures_by_replica = [0] * len(replicas)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 
     async def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any], key: str) -> list[Completion]:
@@ -255,6 +258,7 @@ class EnginePool:
                     break
                 except INFRASTRUCTURE_ERRORS as exc:
                     self.infrastructure_failures += 1
+                    self.failures_by_replica[index] += 1
                     log.warning("replica %d failed a request (attempt %d of %d): %s", index, attempt,
                                 self.limits.request_attempts, _first_line(exc))
                     self._take_out(index, state)
@@ -263,8 +267,14 @@ class EnginePool:
                     f"a request failed on {self.limits.request_attempts} replicas in a row (failures."
                     "request_attempts); the engines keep dying: see the replicas' logs above")
         self.prompt_tokens += completions[0].prompt_tokens if completions else 0
-        self.completion_tokens += sum(c.completion_tokens for c in completions)
+        tokens = sum(c.completion_tokens for c in completions)
+        self.completion_tokens += tokens
+        self.completion_tokens_by_replica[index] += tokens
         return completions
+
+    def in_flight(self) -> list[int]:
+        """Requests each replica holds now."""
+        return list(self._in_flight)
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
