@@ -100,7 +100,9 @@ class Completion:
 class EngineReplica:
     """One vLLM engine. Runs as an async Ray actor; see :func:`start_replicas`."""
 
-    def __init__(self, engine_args: dict[str, Any]):
+    def __init__(self, engine_args: dict[str, Any], log_path: str | None = None):
+        if log_path:
+            _output_to(log_path)  # before vLLM starts its processes, which inherit it
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.usage.usage_lib import UsageContext
@@ -190,6 +192,17 @@ class EngineReplica:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+def _output_to(path: str) -> None:
+    """This process's stdout and stderr, and so its children's (vLLM's engine core and workers),
+    appended to ``path``: the run's log, not the driver's terminal. Not a terminal, so vLLM writes
+    no colour codes."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (1, 2):
+        os.dup2(fd, stream)
+    os.close(fd)
 
 
 def request_seed(seed: int, key: str) -> int:
@@ -387,9 +400,13 @@ def replica_resources(cluster: dict[str, float], replicas: int, tensor_parallel_
 
 def start_replicas(
     engine_args: dict[str, Any], replicas: int, tensor_parallel_size: int,
-    max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(),
+    max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(), log_dir: str | None = None,
 ) -> EnginePool:
-    """Start ``replicas`` engines; each takes ``tensor_parallel_size`` GPUs when the cluster has GPUs."""
+    """Start ``replicas`` engines; each takes ``tensor_parallel_size`` GPUs when the cluster has GPUs.
+
+    ``log_dir``: each replica's output goes to ``replica-N.log`` there (a path on the replica's
+    node); by default it stays in Ray's worker logs.
+    """
     resources = replica_resources(ray.cluster_resources(), replicas, tensor_parallel_size)
     # vLLM's per-step INFO lines would drown the run's own progress in the driver's output.
     env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
@@ -398,7 +415,8 @@ def start_replicas(
     actor_cls = ray.remote(**resources, max_concurrency=max(1000, 2 * max_in_flight_per_replica),
                            max_restarts=limits.replica_restarts, max_task_retries=0,
                            runtime_env={"env_vars": env})(EngineReplica)
-    handles = [actor_cls.remote(engine_args) for _ in range(replicas)]
+    handles = [actor_cls.remote(engine_args, f"{log_dir}/replica-{index}.log" if log_dir else None)
+               for index in range(replicas)]
     try:
         # raises here if an engine fails to start
         infos = ray.get([h.info.remote() for h in handles], timeout=limits.startup_timeout_s)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import textwrap
 from pathlib import Path
 from typing import Annotated, Optional
@@ -39,11 +37,6 @@ def _load(spec: Path, overrides: list[str] | None):
         _fail(str(exc))
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 @app.command()
 def run(spec: SpecArg, set_: SetOpt = None, address: AddressOpt = None,
         progress: Annotated[Optional[bool], typer.Option(  # noqa: UP007
@@ -56,19 +49,20 @@ def run(spec: SpecArg, set_: SetOpt = None, address: AddressOpt = None,
 def _run(spec, address: str | None, progress: bool | None, report: bool) -> None:
     from cluster.engine import EngineUnavailable, ResourcesUnavailable
     from gen.errors import RunStopped
+    from gen.logs import setup_logging
     from gen.run import run as run_spec
     from gen.seeds import SeedError
     from gen.sink import OutputError
 
-    _setup_logging()
+    setup_logging(spec.output.dir)
     try:
         manifest = run_spec(spec, address=address, progress=progress, report=report)
     except (SeedError, OutputError, ResourcesUnavailable) as exc:
         _fail(str(exc))
     except (RunStopped, EngineUnavailable) as exc:
         typer.secho(f"run stopped: {exc}", fg=typer.colors.RED, err=True)
-        typer.secho(f"committed work is intact in {spec.output.dir}; the same command resumes it",
-                    fg=typer.colors.RED, err=True)
+        typer.secho(f"committed work is intact in {spec.output.dir}; the same command resumes it "
+                    f"(engine and Ray output: {Path(spec.output.dir) / 'logs'})", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=getattr(exc, "exit_code", 1)) from None
     out_dir = Path(spec.output.dir)
     _show_kept(out_dir)

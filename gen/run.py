@@ -27,10 +27,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filters import FilterChain, build_chain
 from gen.errors import CommitFailed, ConfigurationError, Interrupted, RunStopped, TooManyStageErrors
+from gen.logs import engine_log_dir, restate_warnings
 from gen.progress import Progress
 from gen.records import DROP_KEY, Record, drop, is_dropped
 from gen.seeds import SeedReader
@@ -78,7 +80,7 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
         if any(f.stateful for f in chain.filters) and sink.committed.entries:
             chain.observe_committed(sink.committed.records(kinds=("data",)))  # resuming
         if engine is None and any(STAGES[type(c)].uses_llm for c in spec.stages):
-            engine = owned_engine = start_engine(spec)
+            engine = owned_engine = start_engine(spec, engine_log_dir(sink.root))
         engine_ready = time.monotonic()
         ctx = StageContext(engine=engine, model=spec.model.name, sampling=spec.sampling,
                            prompt_overrides=spec.prompts)
@@ -111,11 +113,14 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
     if report:
         from gen.report import write_report  # matplotlib and the diversity measures: only when asked
 
-        write_report(sink.root)
+        began = time.monotonic()
+        log.info("wrote %s in %.1f s", write_report(sink.root), time.monotonic() - began)
     return manifest
 
 
-def start_engine(spec: Spec):
+def start_engine(spec: Spec, log_dir: Path | None = None):
+    """The spec's engine replicas; their output goes to ``log_dir`` (and what matters in it is
+    restated), when given."""
     from cluster.engine import EngineLimits, start_replicas
 
     model, failures = spec.model, spec.failures
@@ -133,8 +138,11 @@ def start_engine(spec: Spec):
     }
     limits = EngineLimits(request_attempts=failures.request_attempts, replica_restarts=failures.replica_restarts,
                           stall_timeout_s=failures.stall_timeout_s, startup_timeout_s=failures.startup_timeout_s)
-    return start_replicas(engine_args, model.replicas, model.tensor_parallel_size,
-                          model.max_in_flight_per_replica, limits)
+    pool = start_replicas(engine_args, model.replicas, model.tensor_parallel_size,
+                          model.max_in_flight_per_replica, limits, str(log_dir) if log_dir else None)
+    if log_dir:
+        restate_warnings(log_dir)
+    return pool
 
 
 @dataclass
