@@ -44,7 +44,8 @@ def write_card(m: Measures) -> Path:
     text = environment.get_template("card.md.j2").render(
         front_matter=yaml.safe_dump(front, sort_keys=False), title=card.get("pretty_name") or m.root.name,
         model=spec.get("model", {}).get("name", "unknown"), date=datetime.now(UTC).strftime("%Y-%m-%d"),
-        totals=totals, status=m.manifest.get("status", "unknown"), sampling=spec.get("sampling", {}),
+        totals=totals, status=m.manifest.get("status", "unknown"),
+        sampling={name: value for name, value in spec.get("sampling", {}).items() if value is not None},
         stages=spec.get("stages", []), filters=spec.get("filters", []), drops=m.drops,
         seeds=m.manifest.get("seeds", {}).get("read"), seed_paths=(spec.get("seeds") or {}).get("paths", []),
         versions=m.manifest.get("versions", {}), spec_yaml=yaml.safe_dump(spec, sort_keys=False))

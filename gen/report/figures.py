@@ -76,6 +76,7 @@ def turns(m: Measures) -> Figure:
     bars = ax.bar([str(k) for k in keys], [m.turns[k] for k in keys], color="#8172b2")
     ax.bar_label(bars)
     ax.set_xlabel("user turns per conversation")
+    ax.margins(y=0.15)
     ax.set_ylabel("records")
     _counts(ax.yaxis)
     return figure
@@ -92,6 +93,7 @@ def languages(m: Measures) -> Figure | None:
     count_ax.set_ylabel("kept records")
     _counts(count_ax.yaxis)
     count_ax.set_title("language")
+    count_ax.margins(y=0.15)
     score_ax.boxplot([scores for _, scores in shown], tick_labels=names)
     score_ax.set_ylim(0, 1.05)
     score_ax.set_title("language ID score")
@@ -131,7 +133,7 @@ def engine(m: Measures) -> Figure | None:
     titled = [(axes[-1], "records committed")]
     if m.replicas:
         rate_ax, flight_ax = axes[:2]
-        titled += [(rate_ax, "tokens/s per replica"), (flight_ax, "requests in flight")]
+        titled += [(rate_ax, "tokens/s per replica (10 s)"), (flight_ax, "requests in flight")]
         for run_index, (_, replicas) in enumerate(sorted(m.replicas.items())):
             for replica, points in sorted(replicas.items()):
                 times = [at for at, _, _ in points]

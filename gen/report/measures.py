@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from gen.records import Record, instruction_of, response_of
 from gen.telemetry import read_timeline
 
 TEXT_SAMPLE = 2000  # records of each kind whose text is measured
+RATE_WINDOW_S = 10.0  # tokens are counted when a request finishes: a rate over 1 s would be all bursts
 ROUGE_SAMPLE = 200  # instructions whose nearest neighbour is searched: ~35k ROUGE-L pairs, ~100 us each
 EXAMPLES_PER_REASON = 3
 KEPT_EXAMPLES = 5
@@ -58,7 +59,7 @@ class Measures:
     sampled: bool = False
     # Times in seconds since the output's first run began (a resumed run continues the axis).
     replicas: dict[str, dict[int, list[tuple[float, float, int]]]] = field(default_factory=dict)
-    # run -> replica -> [(time, tokens/s over the last interval, requests in flight)]
+    # run -> replica -> [(time, tokens/s over the last RATE_WINDOW_S, requests in flight)]
     commits: list[tuple[float, int]] = field(default_factory=list)  # (time, records committed so far)
 
 
@@ -160,9 +161,9 @@ def _languages(m: Measures, kept_counts: list[Record], kept: list[Record]) -> No
         annotated = [dict(r) for r in kept]
         LanguageId(LanguageIdConfig()).judge(annotated)
         annotated = [r for r in annotated if r.get("lang")]
-        m.languages_from = "detected for this report by the language_id filter's model (lid.176), on kept records"
+        m.languages_from = "Detected for this report by the language_id filter's model (lid.176), on kept records"
     else:
-        m.languages_from = "the language_id filter's annotations of kept records"
+        m.languages_from = "The language_id filter's annotations of kept records"
     scores: dict[str, list[float]] = defaultdict(list)
     for record in annotated:
         scores[record["lang"]].append(record["lang_score"])
@@ -214,17 +215,19 @@ def _engine(m: Measures) -> None:
     entries = sorted((json.loads(p.read_text()) for p in (m.root / "_commits").glob("*.json")),
                      key=lambda entry: entry["committed_at"]) if (m.root / "_commits").exists() else []
     first = min([s["t"] for s in samples[:1]] + [e["committed_at"] for e in entries[:1]], default=0.0)
-    last: dict[tuple[str, int], tuple[float, int]] = {}
+    window: dict[tuple[str, int], deque[tuple[float, int]]] = defaultdict(deque)
     for sample in samples:
-        key = (sample["run"], sample["replica"])
         at, tokens = sample["t"], sample["completion_tokens"]
-        rate = 0.0
-        if key in last and at > last[key][0]:
-            rate = (tokens - last[key][1]) / (at - last[key][0])
-        last[key] = (at, tokens)
+        recent = window[(sample["run"], sample["replica"])]
+        recent.append((at, tokens))
+        while at - recent[0][0] > RATE_WINDOW_S:
+            recent.popleft()
+        rate = (tokens - recent[0][1]) / (at - recent[0][0]) if at > recent[0][0] else 0.0
         m.replicas.setdefault(sample["run"], {}).setdefault(sample["replica"], []).append(
             (at - first, rate, sample["in_flight"]))
     committed = 0
+    if entries:
+        m.commits.append((0.0, 0))
     for entry in entries:
         committed += entry["kept_rows"] + entry["rejected_rows"]
         m.commits.append((entry["committed_at"] - first, committed))
