@@ -10,6 +10,7 @@ does; the page says when a figure is a sample's.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
@@ -87,20 +88,18 @@ def _read(directory: Path, columns: list[str]) -> list[Record]:
 
 
 def _sample(directory: Path, columns: list[str]) -> list[Record]:
-    """Up to ``TEXT_SAMPLE`` records from shards spread evenly over the output."""
+    """Up to ``TEXT_SAMPLE`` records drawn from whole shards spread evenly over the output (only
+    as many shards as the sample needs are read)."""
     files = sorted(directory.glob("part-*.parquet")) if directory.exists() else []
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    if rows > TEXT_SAMPLE:
-        step = rows / TEXT_SAMPLE
-        files = files[::max(int(step), 1)]
-    records: list[Record] = []
-    for f in files:
-        records.extend(pq.read_table(f, columns=columns).to_pylist())
-        if len(records) >= TEXT_SAMPLE:
-            break
+    needed = min(len(files), math.ceil(TEXT_SAMPLE * len(files) / rows)) if rows else 0
+    chosen = [files[i * len(files) // needed] for i in range(needed)]
+    records = [row for f in chosen for row in pq.read_table(f, columns=columns).to_pylist()]
+    if len(records) > TEXT_SAMPLE:
+        records = random.Random(0).sample(records, TEXT_SAMPLE)
     for record in records:
         record["metadata"] = json.loads(record["metadata"] or "{}")
-    return records[:TEXT_SAMPLE]
+    return records
 
 
 def _funnel(m: Measures, kept: list[Record], rejected: list[Record]) -> None:
