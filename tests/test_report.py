@@ -99,7 +99,7 @@ def test_ray_metrics_endpoint_shows_tokens_during_a_run(tmp_path, engine_pool):
     """Ray exports a process's metrics every ~10 s, so the run is made long enough to be seen."""
     import ray
 
-    spec = load_spec(make_spec(tmp_path, 600), [f"output.dir={tmp_path / 'out'}", "sampling.max_tokens=64"])
+    spec = load_spec(make_spec(tmp_path, 200), [f"output.dir={tmp_path / 'out'}", "sampling.max_tokens=64"])
     node = ray.nodes()[0]
     endpoint = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
     runner = threading.Thread(target=run, args=(spec,), kwargs={"engine": engine_pool, "progress": False,
