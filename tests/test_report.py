@@ -118,3 +118,20 @@ def test_ray_metrics_endpoint_shows_tokens_during_a_run(tmp_path, engine_pool):
     assert seen is not None, "no sdg_tokens_generated on Ray's metrics endpoint during the run"
     assert seen_during_run
     assert float(seen.rsplit(" ", 1)[1]) > 0
+
+
+def test_a_killed_and_resumed_runs_timeline_shows_both_parts(tmp_path):
+    """As a kill -9 leaves it: the first run's last line cut short, then the resumed run's lines."""
+    from gen.report.measures import measure
+
+    first = [{"run": "A", "t": 100.0 + i, "replica": 0, "completion_tokens": 50 * i, "in_flight": 8, "retried": 0}
+             for i in range(5)]
+    second = [{"run": "B", "t": 300.0 + i, "replica": 0, "completion_tokens": 20 * i, "in_flight": 4, "retried": 0}
+              for i in range(3)]
+    lines = [json.dumps(line) for line in first] + ['{"run": "A", "t": 10'] + [json.dumps(line) for line in second]
+    (tmp_path / "timeline.jsonl").write_text("\n".join(lines) + "\n")
+    m = measure(tmp_path)
+    assert sorted(m.replicas) == ["A", "B"]
+    assert [(at, rate) for at, rate, _ in m.replicas["A"][0]] == [(0.0, 0.0), (1.0, 50.0), (2.0, 50.0), (3.0, 50.0),
+                                                                 (4.0, 50.0)]
+    assert [(at, rate) for at, rate, _ in m.replicas["B"][0]] == [(200.0, 0.0), (201.0, 20.0), (202.0, 20.0)]
