@@ -2,7 +2,9 @@
 card (read back by `datasets`), the time series, and Ray's metrics read from its Prometheus endpoint."""
 
 import json
+import os
 import shutil
+import signal
 import threading
 import time
 import urllib.request
@@ -96,28 +98,32 @@ def test_report_renders_in_chromium(described, tmp_path):
 
 
 def test_ray_metrics_endpoint_shows_tokens_during_a_run(tmp_path, engine_pool):
-    """Ray exports a process's metrics every ~10 s, so the run is made long enough to be seen."""
+    """Ray exports a process's metrics every ~10 s: a watcher reads the endpoint while the run
+    goes and, once it sees the metric, stops the run with SIGINT, as Ctrl-C would. A run that
+    finishes first fails the test (no Interrupted)."""
     import ray
 
-    spec = load_spec(make_spec(tmp_path, 200), [f"output.dir={tmp_path / 'out'}", "sampling.max_tokens=64"])
+    from gen.errors import Interrupted
+
+    spec = load_spec(make_spec(tmp_path, 5000), [f"output.dir={tmp_path / 'out'}", "failures.grace_period_s=0"])
     node = ray.nodes()[0]
     endpoint = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-    runner = threading.Thread(target=run, args=(spec,), kwargs={"engine": engine_pool, "progress": False,
-                                                                "report": False})
-    runner.start()
-    seen = None
-    try:
-        while runner.is_alive() and seen is None:
+    seen = []
+
+    def watch():
+        deadline = time.monotonic() + 600
+        while not seen and time.monotonic() < deadline:
             time.sleep(1)
             text = urllib.request.urlopen(endpoint, timeout=10).read().decode()
-            seen = next((line for line in text.splitlines()
-                         if line.startswith("ray_sdg_tokens_generated_total{") and 'replica="0"' in line), None)
-        seen_during_run = runner.is_alive()
-    finally:
-        runner.join()
-    assert seen is not None, "no sdg_tokens_generated on Ray's metrics endpoint during the run"
-    assert seen_during_run
-    assert float(seen.rsplit(" ", 1)[1]) > 0
+            seen.extend(line for line in text.splitlines()
+                        if line.startswith("ray_sdg_tokens_generated_total{") and 'replica="0"' in line)
+        if seen:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, daemon=True).start()
+    with pytest.raises(Interrupted):
+        run(spec, engine=engine_pool, progress=False, report=False)
+    assert float(seen[0].rsplit(" ", 1)[1]) > 0
 
 
 def test_a_killed_and_resumed_runs_timeline_shows_both_parts(tmp_path):
