@@ -77,7 +77,7 @@ def sdg_run(model: str, spec_fields: dict, prompts: list[str], repeats: int, wor
     runs = []
     for spec in specs:  # a fresh output dir each time: a rerun into the same one would resume
         started = time.perf_counter()
-        manifest = run(spec, engine=engine, progress=False)
+        manifest = run(spec, engine=engine, progress=False, report=False)  # generation only, as bare vLLM
         seconds = time.perf_counter() - started
         tokens = manifest["this_run"]["completion_tokens"]
         runs.append({"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds})
