@@ -48,14 +48,18 @@ RECOMPILED = "Compiling model again due to a load failure"
 def one_run(tree: Path, spec: Path, output: Path, caches: Path) -> dict:
     env = {**os.environ, "SDG_CACHE": str(caches / "sdg"), "VLLM_CACHE_ROOT": str(caches / "vllm"),
            "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor")}
+    # Start-up only: a tree that writes a report at the end of a run is told not to.
+    no_report = ["--no-report"] if "--no-report" in (tree / "gen" / "cli.py").read_text() else []
     started = time.perf_counter()
     finished = subprocess.run([sys.executable, "-m", "gen.cli", "run", str(spec), "--set", f"output.dir={output}",
-                               "--no-progress"], cwd=tree, env=env, capture_output=True, text=True)
+                               "--no-progress", *no_report], cwd=tree, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if finished.returncode != 0:
         sys.exit(f"sdg run failed in {tree}:\n{finished.stderr[-3000:]}")
     this_run = json.loads((output / "manifest.json").read_text())["this_run"]
-    return {"seconds": round(seconds, 1), "recompiled": finished.stderr.count(RECOMPILED),
+    # vLLM's output is on the terminal, or in DIR/logs/ for a tree that keeps it there.
+    engine_output = [finished.stderr, *(log.read_text(errors="replace") for log in output.glob("logs/replica-*.log"))]
+    return {"seconds": round(seconds, 1), "recompiled": sum(text.count(RECOMPILED) for text in engine_output),
             "startup": this_run.get("startup")}
 
 

@@ -160,7 +160,8 @@ class SdgSide:
 
         with CpuMeter({"frontend (Ray actor)": self.replica_pid, "sdg driver": os.getpid()}) as cpu:
             started = time.perf_counter()
-            manifest = run(self._next_spec(), engine=self.engine, progress=False)
+            # generation only, as bare vLLM
+            manifest = run(self._next_spec(), engine=self.engine, progress=False, report=False)
             seconds = time.perf_counter() - started
         tokens = manifest["this_run"]["completion_tokens"]
         return {"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds,
@@ -182,7 +183,7 @@ def profiled_run(spec, engine, run, replica_pid: int, workdir: Path, requests: i
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for name, pid in (("replica", replica_pid), ("driver", os.getpid()))}
     time.sleep(2)  # py-spy attaches
-    run(spec, engine=engine, progress=False)
+    run(spec, engine=engine, progress=False, report=False)
     for spy in spies.values():
         spy.send_signal(2)
         spy.wait()

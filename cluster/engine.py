@@ -100,7 +100,9 @@ class Completion:
 class EngineReplica:
     """One vLLM engine. Runs as an async Ray actor; see :func:`start_replicas`."""
 
-    def __init__(self, engine_args: dict[str, Any]):
+    def __init__(self, engine_args: dict[str, Any], log_path: str | None = None):
+        if log_path:
+            _output_to(log_path)  # before vLLM starts its processes, which inherit it
         started = time.monotonic()
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
@@ -223,6 +225,17 @@ class EngineReplica:
         self.engine.shutdown()
 
 
+def _output_to(path: str) -> None:
+    """This process's stdout and stderr, and so its children's (vLLM's engine core and workers),
+    appended to ``path``: the run's log, not the driver's terminal. Not a terminal, so vLLM writes
+    no colour codes."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (1, 2):
+        os.dup2(fd, stream)
+    os.close(fd)
+
+
 def request_seed(seed: int, key: str) -> int:
     """The seed of one request: distinct per request, the same on every rerun and retry.
 
@@ -266,6 +279,9 @@ class EnginePool:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.infrastructure_failures = 0  # requests sent again because their replica was lost
+        # The same per replica, sampled by gen/telemetry.py for the run's time series and Ray metrics.
+        self.completion_tokens_by_replica = [0] * len(replicas)
+        self.failures_by_replica = [0] * len(replicas)
         self.startup: dict[str, float] = {}  # where the start-up time went (LaunchedReplicas.ready)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 
@@ -290,16 +306,23 @@ class EnginePool:
                     break
                 except INFRASTRUCTURE_ERRORS as exc:
                     self.infrastructure_failures += 1
+                    self.failures_by_replica[index] += 1
                     log.warning("replica %d failed a request (attempt %d of %d): %s", index, attempt,
                                 self.limits.request_attempts, _first_line(exc))
                     self._take_out(index, state)
             else:
                 raise EngineUnavailable(
                     f"a request failed on {self.limits.request_attempts} replicas in a row (failures."
-                    "request_attempts); the engines keep dying: see the replicas' logs above")
+                    "request_attempts); the engines keep dying: see the replicas' logs (DIR/logs/replica-N.log)")
         self.prompt_tokens += completions[0].prompt_tokens if completions else 0
-        self.completion_tokens += sum(c.completion_tokens for c in completions)
+        tokens = sum(c.completion_tokens for c in completions)
+        self.completion_tokens += tokens
+        self.completion_tokens_by_replica[index] += tokens
         return completions
+
+    def in_flight(self) -> list[int]:
+        """Requests each replica holds now."""
+        return list(self._in_flight)
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
@@ -315,7 +338,7 @@ class EnginePool:
             while not self._healthy:
                 if len(self._dead) == len(self.replicas):
                     raise EngineUnavailable("every engine replica is dead (failures.replica_restarts "
-                                            "used up); see the replicas' logs above")
+                                            "used up); see the replicas' logs (DIR/logs/replica-N.log)")
                 for index in set(range(len(self.replicas))) - self._dead:
                     self._watch_recovery(index, state)  # taken out during an earlier run's loop
                 await state.health_changed.wait()
@@ -456,11 +479,15 @@ def start_replicas(
 
 def launch_replicas(
     engine_args: dict[str, Any], replicas: int, tensor_parallel_size: int,
-    max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(),
+    max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(), log_dir: str | None = None,
 ) -> LaunchedReplicas:
     """Place ``replicas`` engines and let them load while the caller does other work (a run reads
     its seeds and builds its filters meanwhile); each takes ``tensor_parallel_size`` GPUs when the
-    cluster has GPUs."""
+    cluster has GPUs.
+
+    ``log_dir``: each replica's output goes to ``replica-N.log`` there (a path on the replica's
+    node); by default it stays in Ray's worker logs.
+    """
     resources = replica_resources(ray.cluster_resources(), replicas, tensor_parallel_size)
     # vLLM's per-step INFO lines would drown the run's own progress in the driver's output.
     env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
@@ -469,8 +496,10 @@ def launch_replicas(
     actor_cls = ray.remote(**resources, max_concurrency=max(1000, 2 * max_in_flight_per_replica),
                            max_restarts=limits.replica_restarts, max_task_retries=0,
                            runtime_env={"env_vars": env})(EngineReplica)
-    return LaunchedReplicas([actor_cls.remote(engine_args) for _ in range(replicas)], engine_args["model"],
-                            "num_gpus" in resources, max_in_flight_per_replica, limits)
+    handles = [actor_cls.remote(engine_args, f"{log_dir}/replica-{index}.log" if log_dir else None)
+               for index in range(replicas)]
+    return LaunchedReplicas(handles, engine_args["model"], "num_gpus" in resources, max_in_flight_per_replica,
+                            limits)
 
 
 @dataclass

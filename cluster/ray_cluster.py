@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import ray
 
@@ -30,7 +31,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     With no address (and no ``RAY_ADDRESS``), an embedded cluster is started for this process
     alone, with ``num_cpus`` CPUs (default: all). ``num_cpus`` is ignored when joining: the
     cluster's nodes say what they have. Does nothing if Ray is already initialised, so a test
-    session or a caller can set Ray up its own way first.
+    session or a caller can set Ray up its own way first. The workers' output (vLLM's, through the
+    engine replicas) is not copied to this process's terminal: a run keeps it in ``DIR/logs/``.
 
     Returns whether this call connected, so the caller who connected also disconnects.
     """
@@ -49,11 +51,20 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         # lose the CPU to anything else on the machine, this driver included; at 0 they run as a
         # bare vLLM does, and sdg's own processes yield to them (cluster.engine.yield_cpu_to_engine).
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
+                 logging_level=logging.WARNING, log_to_driver=False, _system_config={"worker_niceness": 0})
         return True
     _use_token_if_cluster_requires_it(address)
-    ray.init(address=address, logging_level=logging.WARNING)
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     return True
+
+
+def local_logs_dir() -> Path | None:
+    """The Ray session's log directory when every node of the cluster is this machine (the
+    embedded cluster), else None: a joined cluster's logs are on its nodes (``ray logs``)."""
+    here = ray.util.get_node_ip_address()
+    if any(node["NodeManagerAddress"] != here for node in ray.nodes() if node["Alive"]):
+        return None
+    return Path(ray._private.worker._global_node.get_logs_dir_path())
 
 
 def _use_token_if_cluster_requires_it(address: str) -> None:

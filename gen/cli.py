@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import textwrap
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,6 +17,8 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP007 - typer nee
     "--set", help="Override a spec field, e.g. --set model.replicas=2 (repeatable).")]
 AddressOpt = Annotated[Optional[str], typer.Option(  # noqa: UP007
     "--address", help="Join this Ray cluster (e.g. auto, HOST:6379) instead of starting a local one.")]
+ReportOpt = Annotated[bool, typer.Option(
+    "--report/--no-report", help="Write DIR/report.html and the dataset card DIR/README.md at the end.")]
 JobsAddressOpt = Annotated[str, typer.Option(
     "--address", envvar="RAY_API_SERVER_ADDRESS", help="The Ray dashboard, e.g. http://HEAD:8265.")]
 
@@ -37,42 +37,41 @@ def _load(spec: Path, overrides: list[str] | None):
         _fail(str(exc))
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 @app.command()
 def run(spec: SpecArg, set_: SetOpt = None, address: AddressOpt = None,
         progress: Annotated[Optional[bool], typer.Option(  # noqa: UP007
-            "--progress/--no-progress", help="Live progress line (default: when on a terminal).")] = None):
+            "--progress/--no-progress", help="Live progress line (default: when on a terminal).")] = None,
+        report: ReportOpt = True):
     """Generate: seeds through the spec's stages and filters into Parquet shards."""
-    _run(_load(spec, set_), address, progress)
+    _run(_load(spec, set_), address, progress, report)
 
 
-def _run(spec, address: str | None, progress: bool | None) -> None:
+def _run(spec, address: str | None, progress: bool | None, report: bool) -> None:
     from cluster.engine import EngineUnavailable, ResourcesUnavailable
     from gen.errors import RunStopped
+    from gen.logs import setup_logging
     from gen.run import run as run_spec
     from gen.seeds import SeedError
     from gen.sink import OutputError
 
-    _setup_logging()
+    setup_logging(spec.output.dir)
     try:
-        manifest = run_spec(spec, address=address, progress=progress)
+        manifest = run_spec(spec, address=address, progress=progress, report=report)
     except (SeedError, OutputError, ResourcesUnavailable) as exc:
         _fail(str(exc))
     except (RunStopped, EngineUnavailable) as exc:
         typer.secho(f"run stopped: {exc}", fg=typer.colors.RED, err=True)
-        typer.secho(f"committed work is intact in {spec.output.dir}; the same command resumes it",
-                    fg=typer.colors.RED, err=True)
+        typer.secho(f"committed work is intact in {spec.output.dir}; the same command resumes it "
+                    f"(engine and Ray output: {Path(spec.output.dir) / 'logs'})", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=getattr(exc, "exit_code", 1)) from None
+    out_dir = Path(spec.output.dir)
+    _show_kept(out_dir)
     totals, this_run = manifest["totals"], manifest["this_run"]
+    described = f"report: {out_dir / 'report.html'}" if report else f"manifest: {out_dir / 'manifest.json'}"
     typer.echo(
         f"{totals['kept']} kept, {totals['rejected']} rejected records in {spec.output.dir} "
         f"({this_run['completion_tokens']} tokens generated this run, "
-        f"{this_run['tokens_per_s']} tok/s); manifest: {Path(spec.output.dir) / 'manifest.json'}")
-    _show_kept(Path(spec.output.dir))
+        f"{this_run['tokens_per_s']} tok/s); {described}")
 
 
 SHOWN_RECORDS = 3
@@ -99,12 +98,23 @@ def filter_(inputs: Annotated[list[Path], typer.Argument(help="JSONL, JSON or Pa
             spec: Annotated[Path, typer.Option("--spec", help="A spec whose filters section to apply.")],
             output: Annotated[Path, typer.Option("--output", help="The output dir (same layout as sdg run).")],
             set_: SetOpt = None, address: AddressOpt = None,
-            progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None):  # noqa: UP007
+            progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None,  # noqa: UP007
+            report: ReportOpt = True):
     """Run only the spec's filter chain over an existing dataset (resumable, like sdg run)."""
     paths = [str(p.absolute()) for p in inputs]
     overrides = [f"seeds.paths={json.dumps(paths)}", f"output.dir={json.dumps(str(output.absolute()))}",
                  "stages=[]", *(set_ or [])]
-    _run(_load(spec, overrides), address, progress)
+    _run(_load(spec, overrides), address, progress, report)
+
+
+@app.command()
+def report(output: Annotated[Path, typer.Argument(help="An output dir of sdg run or sdg filter.")]):
+    """Describe an output dir: DIR/report.html (plots also as DIR/report/*.png) and the dataset card DIR/README.md."""
+    from gen.report import write_report
+
+    if not (output / "_commits").is_dir():
+        _fail(f"{output}: not an sdg output dir (no _commits/)")
+    typer.echo(f"report: {write_report(output)}")
 
 
 @app.command()

@@ -18,7 +18,9 @@ Record = dict[str, Any]
 
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
-KEPT_SCHEMA = pa.schema(
+# One schema for kept and rejected shards (the drop columns are null in data/), so that one
+# dataset holds both as splits: `datasets` reads the splits of a config with one set of features.
+SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("messages", MESSAGES_TYPE),
@@ -39,12 +41,11 @@ KEPT_SCHEMA = pa.schema(
         ("minhash", pa.binary()),  # near-dedup signature, so later runs seed their index from it
         ("metadata", pa.string()),  # JSON object
         ("work_key", pa.string()),  # the unit of resume: all records of one work item commit together
+        ("drop_filter", pa.string()),  # the stage or filter that rejected it
+        ("drop_reason", pa.string()),
+        ("drop_evidence", pa.string()),  # JSON object
     ]
 )
-
-REJECTED_SCHEMA = KEPT_SCHEMA.append(pa.field("drop_filter", pa.string())).append(
-    pa.field("drop_reason", pa.string())
-).append(pa.field("drop_evidence", pa.string()))
 
 DROP_KEY = "_drop"
 """Set on a record that a stage or filter rejected: {"filter", "reason", "evidence"}."""
@@ -82,19 +83,18 @@ def response_of(record: Record) -> str:
     return ""
 
 
-def to_table(records: list[Record], rejected: bool) -> pa.Table:
+def to_table(records: list[Record]) -> pa.Table:
     """Records as a table of the shard schema; unknown keys are never written."""
-    schema = REJECTED_SCHEMA if rejected else KEPT_SCHEMA
-    columns: dict[str, list] = {name: [] for name in schema.names}
+    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
     for record in records:
-        for name in schema.names:
+        for name in SCHEMA.names:
             columns[name].append(record.get(name))
         columns["metadata"][-1] = json.dumps(record.get("metadata") or {}, ensure_ascii=False)
-        if rejected:
+        if is_dropped(record):
             verdict = record[DROP_KEY]
             columns["drop_filter"][-1] = verdict["filter"]
             columns["drop_reason"][-1] = verdict["reason"]
             columns["drop_evidence"][-1] = json.dumps(
                 verdict["evidence"], ensure_ascii=False, default=str
             )
-    return pa.table(columns, schema=schema)
+    return pa.table(columns, schema=SCHEMA)

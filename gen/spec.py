@@ -104,6 +104,20 @@ class FailuresSpec(_Section):
     committed and the run exits (a second signal skips the wait)."""
 
 
+class CardSpec(_Section):
+    """The dataset card ``DIR/README.md`` (Hugging Face's format). None of it changes what a run
+    makes (not part of its identity)."""
+
+    license: str = "unknown"
+    """A Hugging Face license id (``apache-2.0``, ``cc-by-4.0``, ``other``, ...). Mind the model's
+    license and terms of use: they may bind what it generates."""
+    language: list[str] | None = None
+    """ISO 639-1 codes; by default the languages of the kept records (the language_id filter's, or
+    detected with its model), those of at least 1% of them."""
+    task_categories: list[str] = ["text-generation"]
+    pretty_name: str | None = None
+
+
 class Spec(_Section):
     seeds: SeedsSpec | None = None
     """Required unless the first stage makes its own work items from nothing (``magpie``)."""
@@ -117,6 +131,7 @@ class Spec(_Section):
     file, relative to the spec file."""
     output: OutputSpec
     failures: FailuresSpec = FailuresSpec()
+    card: CardSpec = CardSpec()
 
     @model_validator(mode="after")
     def _seeds_when_needed(self) -> Spec:
@@ -158,7 +173,7 @@ class Spec(_Section):
         """
         identity = self.model_dump(mode="json", exclude={"output": {"dir", "commit_interval_s"},
                                                          "model": {"replicas", "max_in_flight_per_replica"},
-                                                         "failures": True})
+                                                         "failures": True, "card": True})
         for holder, key in input_path_slots(identity):
             holder[key] = _content_digest(holder[key])
         return identity

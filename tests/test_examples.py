@@ -119,11 +119,11 @@ def test_example_spec_runs_end_to_end_and_resumes(name, tmp_path, request):
     assert {r["id"] for r in rows(out, "data")} == {r["id"] for r in kept}
 
 
-def test_sdg_run_ends_by_showing_the_first_kept_records(tmp_path, sdg_env):
+def test_sdg_run_shows_the_first_kept_records_then_its_summary(tmp_path, sdg_env):
     command = [sys.executable, "-m", "gen.cli", "run", str(REPO / "examples" / "template.yaml"),
                "--set", f"output.dir={tmp_path / 'out'}", "--no-progress"]
     result = subprocess.run(command, capture_output=True, text=True, env=sdg_env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary, header, *shown = result.stdout.splitlines()
+    header, *shown, summary = result.stdout.splitlines()
     assert summary.startswith("8 kept, 0 rejected records") and header == "The first 3 kept records:"
     assert [line.split(":")[0] for line in shown] == ["  - user", "    assistant"] * 3

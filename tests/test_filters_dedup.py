@@ -125,7 +125,7 @@ def test_resume_and_against_reload_signatures_without_rehashing(dedup, tmp_path)
     originals = [record(f"orig{i}", " ".join(text(200 + i))) for i in range(30)]
     kept, _ = first(originals)
     (tmp_path / "data").mkdir()
-    pq.write_table(to_table(kept, rejected=False), tmp_path / "data" / "part-00000.parquet")
+    pq.write_table(to_table(kept), tmp_path / "data" / "part-00000.parquet")
 
     duplicates = [record(f"dup{i}", " ".join(mutate(text(200 + i), 2, seed=i))) for i in range(5)]
     resumed = dedup()
@@ -239,7 +239,7 @@ def test_whole_chain_kept_plus_rejected_is_everything(ray_session):
     finally:
         chain.close()
     assert sorted(r["id"] for r in kept + rejected) == sorted(r["id"] for r in records)
-    assert len(to_table(kept, rejected=False)) + len(to_table(rejected, rejected=True)) == len(records)
+    assert len(to_table(kept)) + len(to_table(rejected)) == len(records)
     drops = {r["id"]: (r["_drop"]["filter"], r["_drop"]["reason"]) for r in rejected}
     assert drops["dup"] == ("dedup", "exact_duplicate")
     assert drops["french"] == ("language_id", "lang_not_allowed")

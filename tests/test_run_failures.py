@@ -36,6 +36,10 @@ class FlakyEngine:
 
     def __init__(self, fail):
         self.fail = fail
+        self.replicas, self.completion_tokens_by_replica, self.failures_by_replica = [None], [0], [0]
+
+    def in_flight(self):
+        return [0]
 
     async def chat(self, messages, sampling, key):
         await asyncio.sleep(0.001)
@@ -92,7 +96,7 @@ def test_a_slow_commit_makes_intake_wait_so_the_buffer_stays_bounded(tmp_path, e
     def slow_commit(self, batch):
         peaks.append(self._buffered_rows)
         time.sleep(0.5)  # a slow filter chain or store
-        original(self, batch)
+        return original(self, batch)
 
     monkeypatch.setattr(_Session, "_filter_and_commit", slow_commit)
     spec = load_spec(make_spec(tmp_path, 400), [f"output.dir={tmp_path / 'out'}", "output.rows_per_shard=20",

@@ -138,7 +138,7 @@ def test_an_escaped_lone_surrogate_is_a_problem_of_its_line_not_a_failed_commit(
         read([path])
     reader, records = read([path], on_error="skip")
     assert len(records) == 1 and reader.problems[0].where == f"{path}:2"
-    to_table(records, rejected=False)  # what the commit writes
+    to_table(records)  # what the commit writes
     array = tmp_path / "surrogate.json"
     array.write_text('[{"instruction": "fine"}, {"instruction": "\\udc00"}]')
     with pytest.raises(SeedError, match=rf"^{array}:\[1\]: .*unpaired surrogate"):
@@ -161,7 +161,7 @@ def test_parquet_rows_with_dates_and_decimals_become_json_safe_and_binary_is_ref
     _, rows = read([path], format="rows")
     assert rows[0]["metadata"]["row"] == {"text": "on time", "day": "2024-02-29", "at": "2024-02-29T12:30:00+00:00",
                                           "price": "12.50", "tags": ["a", "b"]}
-    to_table(rows, rejected=False)  # every commit failed on these before
+    to_table(rows)  # every commit failed on these before
     binary = tmp_path / "binary.parquet"
     pq.write_table(pa.table({"text": ["x"], "image": [b"\x89PNG"]}), binary)
     with pytest.raises(SeedError, match=rf"^{binary}: column 'image' is binary"):

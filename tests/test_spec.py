@@ -266,3 +266,12 @@ def test_a_run_dir_takes_the_same_spec_from_anywhere_and_refuses_a_changed_seed_
     (tmp_path / "project" / "seeds.jsonl").write_text('{"instruction": "Stop."}\n')
     with pytest.raises(OutputError, match=r"different spec \(changed: seeds.paths\)"):
         ShardSink.open(out, load_spec("project/spec.yaml").identity(), "zstd")
+
+
+def test_the_card_and_failures_sections_are_not_part_of_a_runs_identity(tmp_path):
+    (tmp_path / "seeds.jsonl").write_text('{"instruction": "Go."}\n')
+    spec = write(tmp_path, GOOD)
+    plain = load_spec(spec).identity()
+    assert load_spec(spec, ["card.license=apache-2.0", "card.language=[fr]", "failures.request_attempts=9"]
+                     ).identity() == plain
+    assert load_spec(spec, ["sampling.max_tokens=33"]).identity() != plain  # what changes records does count

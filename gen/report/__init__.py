@@ -1,0 +1,44 @@
+"""``sdg report DIR``: what a run made, as one self-contained HTML page and the same plots as PNG.
+
+    DIR/report.html      the funnel, examples, distributions, diversity and the engine over time
+    DIR/report/*.png     each plot of the page
+    DIR/README.md        the dataset card (gen/report/card.py)
+
+``sdg run`` and ``sdg filter`` write it at the end of every run. The measures are in
+:mod:`gen.report.measures`, the plots in :mod:`gen.report.figures`, the page in ``page.html.j2``.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jinja2
+
+from gen.report.card import write_card
+from gen.report.figures import draw
+from gen.report.measures import TEXT_SAMPLE, measure
+
+PAGE = "report.html"
+PLOTS = "report"
+
+
+def write_report(root: str | Path) -> Path:
+    """Write ``DIR/report.html``, ``DIR/report/*.png`` and the card for the output dir ``root``; returns the page."""
+    root = Path(root)
+    measures = measure(root)
+    plots = draw(measures)
+    (root / PLOTS).mkdir(exist_ok=True)
+    for name, png in plots.items():
+        (root / PLOTS / f"{name}.png").write_bytes(png)
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("gen.report", ""), autoescape=True)
+    spec = measures.manifest.get("spec", {})
+    page = environment.get_template("page.html.j2").render(
+        m=measures, manifest=measures.manifest, title=str(root), sample=TEXT_SAMPLE,
+        model=spec.get("model", {}).get("name", "unknown"),
+        written=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        plots={name: "data:image/png;base64," + base64.b64encode(png).decode() for name, png in plots.items()})
+    (root / PAGE).write_text(page)
+    write_card(measures)
+    return root / PAGE
