@@ -30,18 +30,19 @@ records whose column was made with other settings (or an older format) are re-ha
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow.parquet as pq
 import xxhash
 from pydantic import Field, field_validator, model_validator
 
 from filters.base import Drop, Filter, FilterConfig, StateLost, Verdict
 from filters.text import PRIME, TextField, fmix64, normalize, shingle_hashes, text_of
 from gen.records import Record, is_dropped
+from gen.sink import read_batches
+from gen.storage import Location
 
 
 class DedupConfig(FilterConfig):
@@ -65,7 +66,7 @@ class DedupConfig(FilterConfig):
     # when every bucket they share was claimed first by other, merely similar, records; a few ids
     # per bucket close that gap at a bounded cost in memory and exact comparisons.
     ids_per_bucket: int = Field(8, ge=1)
-    # Output directories of earlier runs whose kept records seed the index.
+    # Output directories (paths or URIs) of earlier runs whose kept records seed the index.
     against: list[str] = []
     # One call to the index actors. Past it the index counts as lost and is rebuilt from the
     # committed shards (as when an actor dies), so a stuck actor never hangs the run.
@@ -81,8 +82,9 @@ class DedupConfig(FilterConfig):
     @classmethod
     def _against_earlier_runs(cls, dirs: list[str]) -> list[str]:
         for index, run_dir in enumerate(dirs):
-            if not any((Path(run_dir) / "data").glob("*.parquet")):
-                raise ValueError(f"against.{index}: no kept shards in {Path(run_dir) / 'data'} "
+            kept = Location.of(run_dir).child("data")
+            if not kept.files(".parquet"):
+                raise ValueError(f"against.{index}: no kept shards in {kept} "
                                  "(not an sdg output dir, or one that kept nothing)")
         return dirs
 
@@ -267,6 +269,7 @@ class IndexShard:
 class Dedup(Filter):
     name = "dedup"
     stateful = True
+    committed_columns = ("id", "minhash")  # a resume reloads signatures, never the text
 
     def __init__(self, config: DedupConfig):
         super().__init__(config)
@@ -287,7 +290,7 @@ class Dedup(Filter):
         count = self.config.index_shards
         self._shards = [shard_class.remote(index, count, self.config.ids_per_bucket) for index in range(count)]
         for directory in self.config.against:
-            self._load_output(Path(directory))
+            self._load_output(Location.of(directory))
 
     # -- judging
 
@@ -343,19 +346,21 @@ class Dedup(Filter):
         if kept:
             self._insert([record["id"] for record in kept], self._stored_or_computed(kept))
 
-    def _load_output(self, directory: Path) -> None:
-        """Seed the index with an earlier run's kept shards (``DIR/data/*.parquet``)."""
-        shards = sorted((directory / "data").glob("*.parquet"))
+    def _load_output(self, directory: Location) -> None:
+        """Seed the index with an earlier run's kept shards (``DIR/data/*.parquet``), a batch at a time."""
+        shards = directory.child("data").files(".parquet")
         if not shards:
-            raise FileNotFoundError(f"dedup.against: no kept shards in {directory / 'data'}")
-        for path in shards:
-            records = pq.read_table(path, columns=["id", "minhash"]).to_pylist()
-            if any(unpack_signature(r["minhash"], self._fingerprint, self.config.num_perm) is None for r in records):
-                # Made with other settings: their text is needed after all.
-                messages = pq.read_table(path, columns=["messages"]).column("messages").to_pylist()
-                for record, conversation in zip(records, messages, strict=True):
-                    record["messages"] = conversation
-            self.observe_committed(records)
+            raise FileNotFoundError(f"dedup.against: no kept shards in {directory.child('data')}")
+        for shard in shards:
+            batches = read_batches(shard, list(self.committed_columns))
+            first = next(batches, [])
+            if any(unpack_signature(r["minhash"], self._fingerprint, self.config.num_perm) is None for r in first):
+                # A shard is written by one run: made with other settings, so its text is needed after all.
+                batches = read_batches(shard, [*self.committed_columns, "messages"])
+            else:
+                batches = itertools.chain([first], batches)
+            for batch in batches:
+                self.observe_committed(batch)
 
     def close(self) -> None:
         import ray
@@ -382,6 +387,10 @@ class Dedup(Filter):
         for i, record in enumerate(records):
             stored = unpack_signature(record.get("minhash"), self._fingerprint, self.config.num_perm)
             if stored is None:
+                if "messages" not in record:  # only an output of an older sdg, resumed, can hold one
+                    raise ValueError(f"dedup: committed record {record.get('id')} has no signature made with "
+                                     "these settings, and its text was not read; finish this run with "
+                                     "the sdg version that started it")
                 missing.append(i)
             else:
                 exact_keys[i], hashvalues[i], shingles[i] = stored

@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from gen.storage import Location, is_uri
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Synthetic instruction data: vLLM on Ray, filters, Parquet shards.")
 
@@ -71,21 +73,23 @@ def _run(spec, address: str | None, progress: bool | None) -> None:
     typer.echo(
         f"{totals['kept']} kept, {totals['rejected']} rejected records in {spec.output.dir} "
         f"({this_run['completion_tokens']} tokens generated this run, "
-        f"{this_run['tokens_per_s']} tok/s); manifest: {Path(spec.output.dir) / 'manifest.json'}")
-    _show_kept(Path(spec.output.dir))
+        f"{this_run['tokens_per_s']} tok/s); manifest: {Location.of(spec.output.dir).child('manifest.json')}")
+    _show_kept(Location.of(spec.output.dir).child("data"))
 
 
 SHOWN_RECORDS = 3
 SHOWN_CHARS = 160  # per message
 
 
-def _show_kept(out_dir: Path) -> None:
+def _show_kept(data: Location) -> None:
     """The first few kept records, each message shortened, so a run ends by showing what it made."""
     import pyarrow.dataset as ds
 
-    if not any((out_dir / "data").glob("*.parquet")):
+    shards = data.files(".parquet")
+    if not shards:
         return
-    rows = ds.dataset(out_dir / "data", format="parquet").head(SHOWN_RECORDS, columns=["messages"]).to_pylist()
+    rows = ds.dataset([s.path for s in shards], filesystem=data.fs, format="parquet").head(
+        SHOWN_RECORDS, columns=["messages"]).to_pylist()
     if rows:
         typer.echo(f"The first {len(rows)} kept records:")
     for row in rows:
@@ -95,14 +99,15 @@ def _show_kept(out_dir: Path) -> None:
 
 
 @app.command("filter")
-def filter_(inputs: Annotated[list[Path], typer.Argument(help="JSONL, JSON or Parquet files or globs.")],
+def filter_(inputs: Annotated[list[str], typer.Argument(help="JSONL, JSON or Parquet files, globs or URIs.")],
             spec: Annotated[Path, typer.Option("--spec", help="A spec whose filters section to apply.")],
-            output: Annotated[Path, typer.Option("--output", help="The output dir (same layout as sdg run).")],
+            output: Annotated[str, typer.Option("--output", help="The output dir or URI (same layout as sdg run).")],
             set_: SetOpt = None, address: AddressOpt = None,
             progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None):  # noqa: UP007
     """Run only the spec's filter chain over an existing dataset (resumable, like sdg run)."""
-    paths = [str(p.absolute()) for p in inputs]
-    overrides = [f"seeds.paths={json.dumps(paths)}", f"output.dir={json.dumps(str(output.absolute()))}",
+    paths = [p if is_uri(p) else str(Path(p).absolute()) for p in inputs]
+    output = output if is_uri(output) else str(Path(output).absolute())
+    overrides = [f"seeds.paths={json.dumps(paths)}", f"output.dir={json.dumps(output)}",
                  "stages=[]", *(set_ or [])]
     _run(_load(spec, overrides), address, progress)
 

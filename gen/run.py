@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import itertools
 import logging
 import platform
 import signal
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -68,13 +69,15 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
     owns_ray = False
     try:
         seeds = SeedReader(**spec.seeds.model_dump()) if spec.seeds else None
-        seed_records = list(seeds) if seeds else []
+        # A stream, never whole; its first record is read now, so a wrong file or format fails in
+        # seconds, not after the model loaded.
+        seed_records = _peeked(iter(seeds)) if seeds else iter(())
         owns_ray = connect(address)
         # Filters before the engine: a benchmark or model file they cannot read fails in seconds,
         # not after the model loaded.
-        chain = build_chain(spec.filters, committed=lambda: sink.committed.records(kinds=("data",)))
-        if any(f.stateful for f in chain.filters) and sink.committed.entries:
-            chain.observe_committed(sink.committed.records(kinds=("data",)))  # resuming
+        chain = build_chain(spec.filters, committed=lambda columns: sink.committed.batches(columns, kinds=("data",)))
+        if sink.committed.entries:
+            chain.reload()  # resuming: the dedup index learns what is already committed
         if engine is None and any(STAGES[type(c)].uses_llm for c in spec.stages):
             engine = owned_engine = start_engine(spec)
         engine_ready = time.monotonic()
@@ -155,21 +158,18 @@ class _Session:
         """Intake waits above this, so a slow commit (filters, storage) bounds the driver's memory."""
         return 2 * self.spec.output.rows_per_shard
 
-    async def run(self, seeds: list[Record], progress: Progress) -> None:
+    async def run(self, seeds: Iterator[Record], progress: Progress) -> None:
         done = self.sink.committed
         self.resumed_shards = len(done.entries)
         source = self.stages[0] if self.stages and isinstance(self.stages[0], SourceStage) else None
         map_stages = self.stages[1:] if source else self.stages
-        if source:
-            items: AsyncIterator[WorkItem] = source.generate(seeds, done)
-            # a source's work items include its rejects, so their number is not known in advance
-            total, already = None, len(done.keys)
+        if source:  # it makes work items from the seed set as a whole (a Self-Instruct pool)
+            items: AsyncIterator[WorkItem] = source.generate(list(seeds), done)
         else:
-            committed = done.keys
-            todo = [[s] for s in seeds if s["work_key"] not in committed]
-            items = _aiter(todo)
-            total, already = len(seeds), len(seeds) - len(todo)
-        progress.start(total=total, done=already)
+            items = _aiter([s] for s in seeds if s["work_key"] not in done.keys)
+        # Streamed seeds are not counted ahead (that would read them twice), nor are a source's
+        # work items (they include its rejects): the progress shows what is done.
+        progress.start(total=None, done=len(done.keys))
         self._room.set()
         with _signals_to(self._on_signal):
             try:
@@ -388,6 +388,12 @@ class _signals_to:
 async def _aiter(items: Iterable[WorkItem]) -> AsyncIterator[WorkItem]:
     for item in items:
         yield item
+
+
+def _peeked(records: Iterator[Record]) -> Iterator[Record]:
+    """``records``, with the first one read already (raising its error, if it has one, now)."""
+    first = next(records)
+    return itertools.chain([first], records)
 
 
 def _served(engine: EnginePool | None) -> tuple[int, int, int]:
