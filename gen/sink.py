@@ -156,17 +156,17 @@ class ShardSink:
 
     def _recover(self) -> None:
         sizes = {shard.path: size for kind in SHARD_KINDS for shard, size in self.root.child(kind).file_sizes()}
-        committed: set[str] = set()
+        named: set[str] = set()  # by a journal entry: committed, or set aside just now
         for journal in self.root.child("_commits").files(".json"):
             entry = json.loads(journal.read_bytes())
             shards = [self.root.child(entry[kind]) for kind in SHARD_KINDS if entry.get(kind)]
+            named.update(s.path for s in shards)
             damage = {s.path: reason for s in shards if (reason := _damage(s, sizes.get(s.path), entry["files"]))}
             if damage:
                 self._quarantine(journal, shards, damage)
                 continue
             self.committed.add(entry)
-            committed.update(s.path for s in shards)
-        for path in sizes.keys() - committed:
+        for path in sizes.keys() - named:
             self.root.fs.delete_file(path)  # written by a run that died before committing it
         for leftover in self.root.child("_commits").files(".tmp"):
             leftover.delete()  # a local journal entry that never reached its rename
