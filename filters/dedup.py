@@ -31,6 +31,7 @@ records whose column was made with other settings (or an older format) are re-ha
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import re
@@ -228,21 +229,38 @@ BUCKET_KEY_SHIFT = np.uint64(32)
 
 
 class _SortedTable:
-    """Keys with a record number each, sorted by key: a large main part and a small pending part
-    that new entries are inserted into and that is merged into the main part once it holds 1/8 of
-    it, so a linear-cost merge happens after as many inserts as it moves."""
+    """Keys with a record number each, sorted by key, looked up many keys at once.
 
-    def __init__(self, key_dtype: type):
-        self.parts = [(np.empty(0, key_dtype), np.empty(0, np.uint32)) for _ in range(2)]
+    Most entries are in the main part, stored without the top 16 bits of their key: a directory
+    of 2^16 + 1 offsets says where each value of those bits starts, so a 32-bit bucket key costs 2
+    bytes, not 4. New entries go to a small pending part (whole keys), merged into the main part
+    once it holds 1/8 of it: a merge costs as many steps as it moves entries, after as many inserts.
+    """
+
+    def __init__(self, key_dtype: type, low_dtype: type):
+        self.key_dtype, self.low_dtype = key_dtype, low_dtype
+        self.shift = key_dtype(np.dtype(key_dtype).itemsize * 8 - 16)
+        self.mask = key_dtype((1 << int(self.shift)) - 1)
+        self.directory = np.zeros((1 << 16) + 1, dtype=np.int64)
+        self.low, self.records = np.empty(0, low_dtype), np.empty(0, np.uint32)
+        self.pending_keys, self.pending_records = np.empty(0, key_dtype), np.empty(0, np.uint32)
+
+    def _ranges(self, keys: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per part: where the entries equal to each key start and end, and the part's records."""
+        high = (keys >> self.shift).astype(np.int64)
+        low = (keys & self.mask).astype(self.low_dtype)
+        left = _bisect(self.low, low, self.directory[high], self.directory[high + 1], right=False)
+        right = _bisect(self.low, low, left, self.directory[high + 1], right=True)
+        pending = (np.searchsorted(self.pending_keys, keys, "left"), np.searchsorted(self.pending_keys, keys, "right"))
+        return [(left, right, self.records), (*pending, self.pending_records)]
 
     def count(self, keys: np.ndarray) -> np.ndarray:
-        return sum(np.searchsorted(k, keys, "right") - np.searchsorted(k, keys, "left") for k, _ in self.parts)
+        return sum(right - left for left, right, _ in self._ranges(keys))
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query position, record) for every stored entry whose key equals one of ``keys``."""
         queries, records = [], []
-        for stored, numbers in self.parts:
-            left, right = np.searchsorted(stored, keys, "left"), np.searchsorted(stored, keys, "right")
+        for left, right, numbers in self._ranges(keys):
             counts = right - left
             first = np.repeat(left - np.cumsum(counts) + counts, counts)
             queries.append(np.repeat(np.arange(len(keys)), counts))
@@ -250,20 +268,38 @@ class _SortedTable:
         return np.concatenate(queries), np.concatenate(records)
 
     def add(self, keys: np.ndarray, records: np.ndarray) -> None:
-        (main_keys, main_records), (pending_keys, pending_records) = self.parts
         order = np.argsort(keys, kind="stable")
-        at = np.searchsorted(pending_keys, keys[order], "right")
-        pending = np.insert(pending_keys, at, keys[order]), np.insert(pending_records, at, records[order])
-        if len(pending[0]) * 8 > len(main_keys) + (1 << 19):
-            at = np.searchsorted(main_keys, pending[0], "right")
-            self.parts = [(np.insert(main_keys, at, pending[0]), np.insert(main_records, at, pending[1])),
-                          (pending[0][:0], pending[1][:0])]
-        else:
-            self.parts[1] = pending
+        at = np.searchsorted(self.pending_keys, keys[order], "right")
+        self.pending_keys = np.insert(self.pending_keys, at, keys[order])
+        self.pending_records = np.insert(self.pending_records, at, records[order])
+        if len(self.pending_keys) * 8 > len(self.low) + (1 << 19):
+            main = np.repeat(np.arange(1 << 16, dtype=self.key_dtype), np.diff(self.directory)) << self.shift
+            main |= self.low.astype(self.key_dtype)
+            at = np.searchsorted(main, self.pending_keys, "right")
+            merged = np.insert(main, at, self.pending_keys)
+            self.records = np.insert(self.records, at, self.pending_records)
+            self.directory = np.searchsorted(merged >> self.shift, np.arange((1 << 16) + 1, dtype=self.key_dtype))
+            self.low = (merged & self.mask).astype(self.low_dtype)
+            self.pending_keys, self.pending_records = self.pending_keys[:0], self.pending_records[:0]
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + r.nbytes for k, r in self.parts)
+        return sum(a.nbytes for a in (self.directory, self.low, self.records, self.pending_keys, self.pending_records))
+
+
+def _bisect(values: np.ndarray, targets: np.ndarray, low: np.ndarray, high: np.ndarray, right: bool) -> np.ndarray:
+    """Per target, ``np.searchsorted`` within its own sorted slice ``values[low:high]``: a binary
+    search of all targets at once, each step one array operation."""
+    low, high = low.astype(np.int64), high.astype(np.int64)
+    active = np.flatnonzero(low < high)
+    while len(active):
+        middle = (low[active] + high[active]) // 2
+        probe = values[middle]
+        after = probe <= targets[active] if right else probe < targets[active]
+        low[active[after]] = middle[after] + 1
+        high[active[~after]] = middle[~after]
+        active = active[low[active] < high[active]]
+    return low
 
 
 class _PackedColumn:
@@ -306,10 +342,11 @@ class IndexShard:
     """
 
     def __init__(self, index: int, count: int, ids_per_bucket: int):
+        _return_freed_arrays_to_the_os()
         self.index, self.count, self.ids_per_bucket = index, count, ids_per_bucket
-        self.buckets = _SortedTable(np.uint32)
-        self.exact = _SortedTable(np.uint64)
-        self.ids, self.shingles = _PackedColumn(), _PackedColumn()
+        self.buckets = _SortedTable(np.uint32, np.uint16)
+        self.exact = _SortedTable(np.uint64, np.uint64)
+        self.owned = _PackedColumn()  # per owned record: its id's length (2 bytes), id, shingle set
 
     def candidates(self, band_keys: np.ndarray, exact_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The record committed with each one's exact key (-1: none, or not this shard's key),
@@ -323,7 +360,12 @@ class IndexShard:
 
     def records(self, numbers: list[int]) -> list[tuple[str, bytes]]:
         """(id, shingle set) of records this shard owns."""
-        return [(_unpack_id(self.ids[n // self.count]), self.shingles[n // self.count]) for n in numbers]
+        out = []
+        for number in numbers:
+            packed = self.owned[number // self.count]
+            length = int.from_bytes(packed[:2], "little")
+            out.append((_unpack_id(packed[2 : 2 + length]), packed[2 + length :]))
+        return out
 
     def insert(self, numbers: np.ndarray, band_keys: np.ndarray, exact_keys: np.ndarray,
                owned: list[tuple[str, bytes]]) -> None:
@@ -336,12 +378,22 @@ class IndexShard:
         mine = np.flatnonzero(exact_keys % np.uint64(self.count) == self.index)
         new = mine[(self.exact.count(exact_keys[mine]) == 0) & (_rank_among_equal(exact_keys[mine]) == 0)]
         self.exact.add(exact_keys[new], numbers[new].astype(np.uint32))
-        self.ids.extend([_pack_id(record_id) for record_id, _ in owned])
-        self.shingles.extend([shingles for _, shingles in owned])
+        ids = [_pack_id(record_id) for record_id, _ in owned]
+        self.owned.extend([len(i).to_bytes(2, "little") + i + shingles for i, (_, shingles) in zip(ids, owned, strict=True)])
 
     def size(self) -> dict[str, int]:
-        return {"records": self.ids.size, "bytes": self.buckets.nbytes + self.exact.nbytes
-                + self.ids.nbytes + self.shingles.nbytes}
+        return {"records": self.owned.size, "bytes": self.buckets.nbytes + self.exact.nbytes + self.owned.nbytes}
+
+
+def _return_freed_arrays_to_the_os() -> None:
+    """A merge replaces the index's arrays with larger ones. glibc serves arrays up to 32 MB from
+    its heap once it has freed one (its mmap threshold adapts), and keeps what they free there:
+    the actor's RSS grew by ~1 kB a record with ~0.3 kB in arrays (bench_dedup_memory). A fixed
+    threshold maps every array of 128 kB or more on its own, and unmaps it when freed."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
+    except OSError:  # not glibc: its allocator has its own policy
+        pass
 
 
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
