@@ -133,7 +133,10 @@ class ShardSink:
         except ValueError as exc:
             raise OutputError(f"output.dir {exc}") from None
         sink = cls(location, compression)
-        sink._guard = (_Flock if location.local else _Lease)(location, sink.writer)
+        try:
+            sink._guard = (_Flock if location.local else _Lease)(location, sink.writer)
+        except OSError as exc:  # a bucket that does not exist, credentials refused, ...
+            raise OutputError(f"output.dir {location}: cannot write there: {exc.strerror or exc}") from exc
         try:
             sink._check_identity(identity)
             sink._recover()
@@ -296,10 +299,7 @@ class _Lease:
             raise OutputError(f"output.dir {root}: another run is writing to it "
                               f"(pid {holder['pid']} on {holder['host']}, lease renewed "
                               f"{time.time() - holder['renewed_at']:.0f} s ago)")
-        try:
-            self._renew()
-        except OSError as exc:
-            raise OutputError(f"output.dir {root}: cannot write there: {exc}") from exc
+        self._renew()
         self.thread = threading.Thread(target=self._keep, name="sdg-output-lease", daemon=True)
         self.thread.start()
 

@@ -206,3 +206,8 @@ def test_quickstart_on_s3_killed_after_its_first_commit_resumes_with_nothing_los
     pafs.copy_files(location.path, str(copy), source_filesystem=location.fs)
     assert_same_records(copy, reference)
     assert resumed["totals"]["work_items"] == 32
+
+
+def test_an_output_in_a_bucket_that_does_not_exist_is_a_clear_error(s3_server):
+    with pytest.raises(OutputError, match="output.dir s3://no-such-bucket/out: cannot write there: .*no-such-bucket"):
+        ShardSink.open("s3://no-such-bucket/out", IDENTITY, "zstd")
