@@ -6,8 +6,9 @@ For each ``--sizes N`` it writes N synthetic labelled rows (JSONL, ``format: row
 templates) and the rule filters (instruction_rules, response_rules, refusal, gopher_repetition,
 gopher_quality), and reads the records made and the generation time from the run's manifest and
 the driver's peak RSS from the kernel (``VmHWM`` of its process, read until it exits; Ray's own
-processes are not the driver). Prints records/s and peak RSS per size and each as a ratio of the
-smallest size's. ``--output`` puts the runs' output under a URI (``s3://bucket/prefix``).
+processes are not the driver) and its CPU seconds. Prints records/s (wall), records per driver
+CPU-second (less moved by other jobs on a shared machine) and peak RSS per size, each also as a
+ratio of the smallest size's. ``--output`` puts the runs' output under a URI (``s3://bucket/prefix``).
 
 Run: ``nice -n 19 .venv/bin/python benchmarks/bench_scale.py --sizes 1000000 10000000``
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -72,19 +74,22 @@ def write_seeds(path: Path, count: int) -> None:
                                      "label": labels[i]}) + "\n" for i in range(n))
 
 
-def peak_rss_of(process: subprocess.Popen) -> int:
-    """The process's peak resident set (VmHWM, kept by the kernel), read until it exits."""
-    peak = 0
-    status = Path(f"/proc/{process.pid}/status")
+def watch(process: subprocess.Popen) -> tuple[int, float]:
+    """The process's peak resident set (VmHWM, kept by the kernel) and its CPU seconds (user +
+    system, its own, not Ray's processes), read until it exits."""
+    peak, cpu_s = 0, 0.0
+    proc = Path(f"/proc/{process.pid}")
     while process.poll() is None:
         try:
-            for line in status.read_text().splitlines():
+            for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]) * 1024)
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (FileNotFoundError, ProcessLookupError):
             break
         time.sleep(0.2)
-    return peak
+    return peak, cpu_s
 
 
 def one_size(count: int, work: Path, output_root: str) -> dict:
@@ -100,7 +105,7 @@ def one_size(count: int, work: Path, output_root: str) -> dict:
     with open(log, "w") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "gen.cli", "run", str(spec), "--no-progress"],
                                    cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
-        peak = peak_rss_of(process)
+        peak, cpu_s = watch(process)
     if process.returncode != 0:
         raise SystemExit(f"sdg run failed; see {log}")
     sys.path.insert(0, str(REPO))
@@ -110,6 +115,7 @@ def one_size(count: int, work: Path, output_root: str) -> dict:
     records, seconds = manifest["totals"]["records"], manifest["this_run"]["generation_s"]
     return {"seeds": count, "records": records, "kept": manifest["totals"]["kept"],
             "generation_s": seconds, "records_per_s": round(records / seconds, 1),
+            "driver_cpu_s": round(cpu_s, 1), "records_per_driver_cpu_s": round(records / cpu_s, 1),
             "driver_peak_rss_mb": round(peak / 2**20, 1), "output": output}
 
 
@@ -127,14 +133,17 @@ def main() -> None:
         rows.append(one_size(count, work, args.output or str(work / "out")))
         row = rows[-1]
         print(f"  {row['records']:,} records in {row['generation_s']:.0f} s: {row['records_per_s']:,.0f} records/s, "
-              f"driver peak RSS {row['driver_peak_rss_mb']:,.0f} MB", flush=True)
+              f"{row['records_per_driver_cpu_s']:,.0f} per driver CPU-second, driver peak RSS "
+              f"{row['driver_peak_rss_mb']:,.0f} MB", flush=True)
     base = rows[0]
     for row in rows:
         row["records_per_s_ratio"] = round(row["records_per_s"] / base["records_per_s"], 3)
+        row["per_cpu_s_ratio"] = round(row["records_per_driver_cpu_s"] / base["records_per_driver_cpu_s"], 3)
         row["peak_rss_ratio"] = round(row["driver_peak_rss_mb"] / base["driver_peak_rss_mb"], 3)
-    print(f"\n{'seeds':>12} {'records/s':>10} {'ratio':>6} {'peak RSS MB':>12} {'ratio':>6}")
+    print(f"\n{'seeds':>12} {'records/s':>10} {'ratio':>6} {'per CPU-s':>10} {'ratio':>6} {'peak RSS MB':>12} {'ratio':>6}")
     for row in rows:
         print(f"{row['seeds']:>12,} {row['records_per_s']:>10,.0f} {row['records_per_s_ratio']:>6.3f} "
+              f"{row['records_per_driver_cpu_s']:>10,.0f} {row['per_cpu_s_ratio']:>6.3f} "
               f"{row['driver_peak_rss_mb']:>12,.0f} {row['peak_rss_ratio']:>6.3f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(rows, indent=2))
