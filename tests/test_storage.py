@@ -211,3 +211,12 @@ def test_quickstart_on_s3_killed_after_its_first_commit_resumes_with_nothing_los
 def test_an_output_in_a_bucket_that_does_not_exist_is_a_clear_error(s3_server):
     with pytest.raises(OutputError, match="output.dir s3://no-such-bucket/out: cannot write there: .*no-such-bucket"):
         ShardSink.open("s3://no-such-bucket/out", IDENTITY, "zstd")
+
+
+def test_a_submitted_job_ships_local_seed_files_not_uris(tmp_path):
+    from cluster.jobs import _relative_input_files
+
+    (tmp_path / "local.jsonl").write_text('{"instruction": "x"}\n')
+    (tmp_path / "spec.yaml").write_text("seeds: {paths: [local.jsonl, 's3://bucket/seeds/*.jsonl']}\n"
+                                        "stages: []\noutput: {dir: 's3://bucket/out'}\n")
+    assert _relative_input_files(tmp_path / "spec.yaml") == [tmp_path / "local.jsonl"]
