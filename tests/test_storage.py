@@ -220,3 +220,14 @@ def test_a_submitted_job_ships_local_seed_files_not_uris(tmp_path):
     (tmp_path / "spec.yaml").write_text("seeds: {paths: [local.jsonl, 's3://bucket/seeds/*.jsonl']}\n"
                                         "stages: []\noutput: {dir: 's3://bucket/out'}\n")
     assert _relative_input_files(tmp_path / "spec.yaml") == [tmp_path / "local.jsonl"]
+
+
+def test_a_scheme_pyarrow_has_no_filesystem_for_goes_through_fsspec():
+    root = f"memory://sdg-test-{time.time_ns()}/out"  # fsspec's in-memory filesystem
+    sink = ShardSink.open(root, IDENTITY, "zstd")
+    entry = sink.commit([record(1)], [], ["w1"], {})
+    sink.close()
+    reopened = ShardSink.open(root, IDENTITY, "zstd")
+    assert [r["id"] for r in reopened.committed.records(["id"])] == ["r1"] and "w1" in reopened.committed.keys
+    assert entry["data"] in objects(root)
+    reopened.close()
