@@ -59,11 +59,13 @@ def record_batches(count: int, words: int, batch: int):
             number += len(chunk[start : start + batch])
 
 
-def measure_actors(sizes: list[int], words: int, batch: int, shards: int) -> list[dict]:
+def measure_actors(sizes: list[int], words: int, batch: int, shards: int, address: str | None) -> list[dict]:
     import psutil
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from cluster.ray_cluster import connect
+
+    connect(address)  # None: a local cluster of its own
     dedup = Dedup(DedupConfig(index_shards=shards))
     pids = ray.get([s.__ray_call__.remote(lambda _: os.getpid()) for s in dedup._shards])
     rss_empty = sum(psutil.Process(pid).memory_info().rss for pid in pids)
@@ -166,6 +168,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=DedupConfig().index_shards, help="index actors")
     parser.add_argument("--baseline", default="main", help="git revision of the index to compare with")
     parser.add_argument("--baseline-records", type=int, default=100_000)
+    parser.add_argument("--address", default=None, help="a Ray cluster to join (default: start one)")
     args = parser.parse_args()
 
     print(f"baseline: {args.baseline}'s index against this one, {args.baseline_records:,} records, in-process",
@@ -174,7 +177,7 @@ def main() -> None:
     print(f"  {compared['old_bytes_per_record']} B/record then, {compared['new_bytes_per_record']} now: "
           f"ratio {compared['ratio']}", flush=True)
     print(f"this index in {args.shards} Ray actors, {args.words}-word texts, batches of {args.batch:,}:", flush=True)
-    sizes = measure_actors(sorted(args.records), args.words, args.batch, args.shards)
+    sizes = measure_actors(sorted(args.records), args.words, args.batch, args.shards, args.address)
     print("accuracy at the threshold (bench_minhash_accuracy's corpora, judged with the index's bucket keys):")
     quality = accuracy()
     for row in quality:

@@ -92,7 +92,7 @@ def watch(process: subprocess.Popen) -> tuple[int, float]:
     return peak, cpu_s
 
 
-def one_size(count: int, work: Path, output_root: str) -> dict:
+def one_size(count: int, work: Path, output_root: str, address: str | None) -> dict:
     seeds = work / f"seeds-{count}.jsonl"
     if not seeds.exists():
         started = time.perf_counter()
@@ -103,7 +103,8 @@ def one_size(count: int, work: Path, output_root: str) -> dict:
     spec.write_text(SPEC.format(seeds=seeds, output=output))
     log = work / f"run-{count}.log"
     with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "gen.cli", "run", str(spec), "--no-progress"],
+        process = subprocess.Popen([sys.executable, "-m", "gen.cli", "run", str(spec), "--no-progress",
+                                    *(["--address", address] if address else [])],
                                    cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
         peak, cpu_s = watch(process)
     if process.returncode != 0:
@@ -124,13 +125,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--work", type=Path, default=None, help="where seeds and specs go (default: a temp dir)")
     parser.add_argument("--output", default=None, help="output root, a path or URI (default: under --work)")
+    parser.add_argument("--address", default=None, help="a Ray cluster to join (default: each run starts its own)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="sdg-bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for count in sorted(args.sizes):
         print(f"{count:,} seeds:", flush=True)
-        rows.append(one_size(count, work, args.output or str(work / "out")))
+        rows.append(one_size(count, work, args.output or str(work / "out"), args.address))
         row = rows[-1]
         print(f"  {row['records']:,} records in {row['generation_s']:.0f} s: {row['records_per_s']:,.0f} records/s, "
               f"{row['records_per_driver_cpu_s']:,.0f} per driver CPU-second, driver peak RSS "
