@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from filters.dedup import DedupConfig, compute_signatures, jaccard  # noqa: E402
+from filters.dedup import BUCKET_KEY_SHIFT, DedupConfig, compute_signatures, jaccard  # noqa: E402
 from filters.text import normalize, shingle_hashes  # noqa: E402
 
 P3 = REPO.parent / "shared" / "data" / "p3_sample"
@@ -77,10 +77,11 @@ def exact_jaccard_pairs(texts: list[str], ngram: int) -> dict[tuple[int, int], f
 
 
 def predicted_pairs(texts: list[str], config: DedupConfig) -> dict[tuple[int, int], float]:
-    """Pairs sharing an LSH bucket, with the Jaccard of their stored shingle sets."""
+    """Pairs sharing an LSH bucket (by the bucket keys the index stores), with the Jaccard of
+    their stored shingle sets."""
     signatures = compute_signatures(config, texts)
     buckets: dict[int, list[int]] = defaultdict(list)
-    for doc, keys in enumerate(signatures.band_keys.tolist()):
+    for doc, keys in enumerate((signatures.band_keys >> BUCKET_KEY_SHIFT).tolist()):
         for key in keys:
             buckets[key].append(doc)
     candidates = {(a, b) for docs in buckets.values() for i, a in enumerate(docs) for b in docs[i + 1 :]}

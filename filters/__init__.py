@@ -41,8 +41,10 @@ FILTERS: dict[type[FilterConfig], type[Filter]] = {
 FilterSpec = Annotated[Union[tuple(FILTERS)], Field(discriminator="type")]  # noqa: UP007
 
 
-def build_chain(configs: list[FilterConfig], committed: Callable[[], Iterable[Record]] = lambda: ()) -> FilterChain:
-    """The chain for a spec's ``filters``; ``committed`` reads back ``data/`` (to rebuild lost state)."""
+def build_chain(configs: list[FilterConfig],
+                committed: Callable[[list[str]], Iterable[list[Record]]] = lambda columns: ()) -> FilterChain:
+    """The chain for a spec's ``filters``; ``committed(columns)`` reads back ``data/`` in batches
+    (to resume, or rebuild lost state)."""
     return FilterChain([FILTERS[type(c)](c) for c in configs], committed)
 
 

@@ -54,6 +54,8 @@ class Filter(ABC):
     name: ClassVar[str]
     stateful: ClassVar[bool] = False
     """Remembers what it keeps (dedup): judged after all stateless filters, rebuilt when lost."""
+    committed_columns: ClassVar[tuple[str, ...]] = ()
+    """The shard columns :meth:`observe_committed` needs: a resume reads those, nothing else."""
 
     def __init__(self, config: FilterConfig):
         self.config = config
@@ -97,10 +99,12 @@ class FilterChain:
     """Stateless filters in spec order, then stateful ones; a record dropped by one is not shown
     to the next.
 
-    ``committed`` gives the records already committed to ``data/``: what a lost state is rebuilt from.
+    ``committed(columns)`` gives the records already committed to ``data/``, those columns only, in
+    batches: what a resumed run or a lost state is rebuilt from.
     """
 
-    def __init__(self, filters: list[Filter], committed: Callable[[], Iterable[Record]] = lambda: ()):
+    def __init__(self, filters: list[Filter],
+                 committed: Callable[[list[str]], Iterable[list[Record]]] = lambda columns: ()):
         self.filters = sorted(filters, key=lambda f: f.stateful)  # stable: spec order within each kind
         self.committed = committed
 
@@ -114,14 +118,19 @@ class FilterChain:
             except StateLost as lost:
                 log.warning("%s lost its state (%s): rebuilding it from the committed shards", f.name, lost)
                 f.reset()
-                f.observe_committed(list(self.committed()))
+                self.reload([f])
                 records, dropped = f(records)
             rejected.extend(dropped)
         return records, rejected
 
-    def observe_committed(self, records: list[Record]) -> None:
-        for f in self.filters:
-            f.observe_committed(records)
+    def reload(self, filters: list[Filter] | None = None) -> None:
+        """Stateful ``filters`` (default: all) learn the committed records, a batch at a time."""
+        stateful = [f for f in (self.filters if filters is None else filters) if f.stateful]
+        if not stateful:
+            return
+        for batch in self.committed(sorted({c for f in stateful for c in f.committed_columns})):
+            for f in stateful:
+                f.observe_committed(batch)
 
     def close(self) -> None:
         for f in self.filters:

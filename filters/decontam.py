@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from filters.base import Drop, Filter, FilterConfig, Verdict
 from filters.text import TextField, normalize, shingle_hashes, text_of
 from gen.records import Record
+from gen.storage import Location, read_lines
 
 
 BENCHMARK_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -27,7 +28,7 @@ BENCHMARK_SUFFIXES = (".jsonl", ".json", ".parquet")
 class BenchmarkFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str  # .jsonl, .json (a list of objects) or .parquet
+    path: str  # .jsonl, .json (a list of objects) or .parquet; a path or a URI (gen/storage.py)
     column: str  # the field holding the prompt, e.g. "question"
     name: str | None = None  # how evidence names it; default the file name without extension
 
@@ -36,7 +37,7 @@ class BenchmarkFile(BaseModel):
     def _readable_benchmark(cls, path: str) -> str:
         if Path(path).suffix not in BENCHMARK_SUFFIXES:
             raise ValueError(f"{path}: benchmark files are .jsonl, .json or .parquet")
-        if not Path(path).is_file():
+        if not Location.of(path).exists():
             raise ValueError(f"no such file {path}")
         return path
 
@@ -53,14 +54,14 @@ class DecontaminationConfig(FilterConfig):
 
 def read_prompts(benchmark: BenchmarkFile) -> list[str]:
     """The non-empty string values of ``benchmark.column``."""
-    path = Path(benchmark.path)
-    if path.suffix == ".parquet":
-        values = pq.read_table(path, columns=[benchmark.column]).column(benchmark.column).to_pylist()
-    elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as lines:
-            values = [json.loads(line).get(benchmark.column) for line in lines if line.strip()]
-    elif path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
+    path, suffix = Location.of(benchmark.path), Path(benchmark.path).suffix
+    if suffix == ".parquet":
+        values = pq.read_table(path.path, filesystem=path.fs, columns=[benchmark.column]).column(
+            benchmark.column).to_pylist()
+    elif suffix == ".jsonl":
+        values = [json.loads(line).get(benchmark.column) for line in read_lines(path) if line.strip()]
+    elif suffix == ".json":
+        rows = json.loads(path.read_bytes())
         if not isinstance(rows, list):
             raise ValueError(f"{path}: expected a JSON list of objects")
         values = [row.get(benchmark.column) for row in rows]

@@ -8,11 +8,13 @@ How a batch is judged (in the driver, at commit time, in commit order):
    (:func:`shingle_hashes`). Each record's shingle set (sorted unique 32-bit hashes) and its
    MinHash signature (:func:`minhash`) come from those hashes, with no n-gram string built.
 2. Each signature is cut into ``bands`` bands; each band is hashed to a 64-bit bucket key.
-3. The index is global to the run and lives in ``index_shards`` Ray actors: band ``b`` lives on
-   shard ``b % index_shards``, a record's shingle set on the shard its id hashes to. The driver
-   asks every shard at once which committed records share an exact key or a bucket with each
-   record, fetches those candidates' shingle sets, and keeps a record unless an earlier one
-   (committed, or earlier in this batch) has the same exact key or an exact Jaccard >= ``threshold``.
+3. The index is global to the run and lives in ``index_shards`` Ray actors (:class:`IndexShard`,
+   numpy arrays: ``benchmarks/bench_dedup_memory.py`` measures their bytes per record): band ``b``
+   lives on shard ``b % index_shards``, indexed record number ``r``'s id and shingle set on shard
+   ``r % index_shards``. The driver asks every shard at once which committed records share an
+   exact key or a bucket with each record, fetches those candidates' ids and shingle sets, and
+   keeps a record unless an earlier one (committed, or earlier in this batch) has the same exact
+   key or an exact Jaccard >= ``threshold``.
 4. The kept records' keys and shingle sets are inserted, so the next batch (from any shard or
    replica) is judged against them: the first committed record of a cluster is the one kept.
 
@@ -29,19 +31,22 @@ records whose column was made with other settings (or an older format) are re-ha
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import itertools
+import re
 import struct
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow.parquet as pq
 import xxhash
 from pydantic import Field, field_validator, model_validator
 
 from filters.base import Drop, Filter, FilterConfig, StateLost, Verdict
 from filters.text import PRIME, TextField, fmix64, normalize, shingle_hashes, text_of
 from gen.records import Record, is_dropped
+from gen.sink import read_batches
+from gen.storage import Location
 
 
 class DedupConfig(FilterConfig):
@@ -65,7 +70,7 @@ class DedupConfig(FilterConfig):
     # when every bucket they share was claimed first by other, merely similar, records; a few ids
     # per bucket close that gap at a bounded cost in memory and exact comparisons.
     ids_per_bucket: int = Field(8, ge=1)
-    # Output directories of earlier runs whose kept records seed the index.
+    # Output directories (paths or URIs) of earlier runs whose kept records seed the index.
     against: list[str] = []
     # One call to the index actors. Past it the index counts as lost and is rebuilt from the
     # committed shards (as when an actor dies), so a stuck actor never hangs the run.
@@ -81,8 +86,9 @@ class DedupConfig(FilterConfig):
     @classmethod
     def _against_earlier_runs(cls, dirs: list[str]) -> list[str]:
         for index, run_dir in enumerate(dirs):
-            if not any((Path(run_dir) / "data").glob("*.parquet")):
-                raise ValueError(f"against.{index}: no kept shards in {Path(run_dir) / 'data'} "
+            kept = Location.of(run_dir).child("data")
+            if not kept.files(".parquet"):
+                raise ValueError(f"against.{index}: no kept shards in {kept} "
                                  "(not an sdg output dir, or one that kept nothing)")
         return dirs
 
@@ -216,49 +222,202 @@ def compute_signatures(config: DedupConfig, texts: list[str]) -> Signatures:
 
 # ---------------------------------------------------------------- the index actor
 
+# Bucket keys are kept to their top 32 bits in the index: 4 bytes an entry instead of 8. Two
+# different buckets then meet with probability ~records / 2^32 per band (0.2% at ten million
+# records): a spurious candidate, which the exact Jaccard check rejects, never a missed one.
+BUCKET_KEY_SHIFT = np.uint64(32)
+
+
+class _SortedTable:
+    """Keys with a record number each, sorted by key, looked up many keys at once.
+
+    Most entries are in the main part, stored without the top 16 bits of their key: a directory
+    of 2^16 + 1 offsets says where each value of those bits starts, so a 32-bit bucket key costs 2
+    bytes, not 4. New entries go to a small pending part (whole keys), merged into the main part
+    once it holds 1/8 of it: a merge costs as many steps as it moves entries, after as many inserts.
+    """
+
+    def __init__(self, key_dtype: type, low_dtype: type):
+        self.key_dtype, self.low_dtype = key_dtype, low_dtype
+        self.shift = key_dtype(np.dtype(key_dtype).itemsize * 8 - 16)
+        self.mask = key_dtype((1 << int(self.shift)) - 1)
+        self.directory = np.zeros((1 << 16) + 1, dtype=np.int64)
+        self.low, self.records = np.empty(0, low_dtype), np.empty(0, np.uint32)
+        self.pending_keys, self.pending_records = np.empty(0, key_dtype), np.empty(0, np.uint32)
+
+    def _ranges(self, keys: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per part: where the entries equal to each key start and end, and the part's records."""
+        high = (keys >> self.shift).astype(np.int64)
+        low = (keys & self.mask).astype(self.low_dtype)
+        left = _bisect(self.low, low, self.directory[high], self.directory[high + 1], right=False)
+        right = _bisect(self.low, low, left, self.directory[high + 1], right=True)
+        pending = (np.searchsorted(self.pending_keys, keys, "left"), np.searchsorted(self.pending_keys, keys, "right"))
+        return [(left, right, self.records), (*pending, self.pending_records)]
+
+    def count(self, keys: np.ndarray) -> np.ndarray:
+        return sum(right - left for left, right, _ in self._ranges(keys))
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query position, record) for every stored entry whose key equals one of ``keys``."""
+        queries, records = [], []
+        for left, right, numbers in self._ranges(keys):
+            counts = right - left
+            first = np.repeat(left - np.cumsum(counts) + counts, counts)
+            queries.append(np.repeat(np.arange(len(keys)), counts))
+            records.append(numbers[first + np.arange(counts.sum())])
+        return np.concatenate(queries), np.concatenate(records)
+
+    def add(self, keys: np.ndarray, records: np.ndarray) -> None:
+        order = np.argsort(keys, kind="stable")
+        at = np.searchsorted(self.pending_keys, keys[order], "right")
+        self.pending_keys = np.insert(self.pending_keys, at, keys[order])
+        self.pending_records = np.insert(self.pending_records, at, records[order])
+        if len(self.pending_keys) * 8 > len(self.low) + (1 << 19):
+            main = np.repeat(np.arange(1 << 16, dtype=self.key_dtype), np.diff(self.directory)) << self.shift
+            main |= self.low.astype(self.key_dtype)
+            at = np.searchsorted(main, self.pending_keys, "right")
+            merged = np.insert(main, at, self.pending_keys)
+            self.records = np.insert(self.records, at, self.pending_records)
+            self.directory = np.searchsorted(merged >> self.shift, np.arange((1 << 16) + 1, dtype=self.key_dtype))
+            self.low = (merged & self.mask).astype(self.low_dtype)
+            self.pending_keys, self.pending_records = self.pending_keys[:0], self.pending_records[:0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.directory, self.low, self.records, self.pending_keys, self.pending_records))
+
+
+def _bisect(values: np.ndarray, targets: np.ndarray, low: np.ndarray, high: np.ndarray, right: bool) -> np.ndarray:
+    """Per target, ``np.searchsorted`` within its own sorted slice ``values[low:high]``: a binary
+    search of all targets at once, each step one array operation."""
+    low, high = low.astype(np.int64), high.astype(np.int64)
+    active = np.flatnonzero(low < high)
+    while len(active):
+        middle = (low[active] + high[active]) // 2
+        probe = values[middle]
+        after = probe <= targets[active] if right else probe < targets[active]
+        low[active[after]] = middle[after] + 1
+        high[active[~after]] = middle[~after]
+        active = active[low[active] < high[active]]
+    return low
+
+
+class _PackedColumn:
+    """Variable-length byte strings appended in order, read back by position: one bytearray and
+    the end offset of each (no Python object per value)."""
+
+    def __init__(self):
+        self.data = bytearray()
+        self.ends = np.empty(1024, dtype=np.int64)
+        self.size = 0
+
+    def extend(self, values: list[bytes]) -> None:
+        if self.size + len(values) > len(self.ends):
+            self.ends = np.resize(self.ends, max(int(len(self.ends) * 1.25), self.size + len(values)))
+        lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+        start = self.ends[self.size - 1] if self.size else 0
+        self.ends[self.size : self.size + len(values)] = start + np.cumsum(lengths)
+        self.data += b"".join(values)
+        self.size += len(values)
+
+    def __getitem__(self, position: int) -> bytes:
+        start = self.ends[position - 1] if position else 0
+        return bytes(self.data[start : self.ends[position]])
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + self.ends.nbytes
+
 
 class IndexShard:
     """One shard of the run-global index, run as a Ray actor.
 
-    Shard ``s`` of ``S`` holds the buckets of bands ``b`` with ``b % S == s``, the exact keys with
-    ``key % S == s``, and the shingle sets the driver routes to it (by record id). An exact key
-    remembers the first record committed with it (the one a later duplicate is reported against);
-    a bucket remembers its first ``ids_per_bucket`` records, which bounds its memory.
+    Every indexed record has a number (the driver counts them in commit order). Shard ``s`` of
+    ``S`` holds the bucket entries of bands ``b`` with ``b % S == s``, the exact keys with
+    ``key % S == s``, and the id and shingle set of records ``r`` with ``r % S == s``. An exact
+    key remembers the first record committed with it (the one a later duplicate is reported
+    against); a bucket its first ``ids_per_bucket`` records, which bounds its memory. All of it
+    lives in numpy arrays and packed bytes, no Python object per record (``bench_dedup_memory.py``
+    measures the bytes per record).
     """
 
     def __init__(self, index: int, count: int, ids_per_bucket: int):
+        _return_freed_arrays_to_the_os()
         self.index, self.count, self.ids_per_bucket = index, count, ids_per_bucket
-        self.buckets: dict[int, list[str]] = {}
-        self.exact: dict[int, str] = {}
-        self.shingles: dict[str, bytes] = {}
+        self.buckets = _SortedTable(np.uint32, np.uint16)
+        self.exact = _SortedTable(np.uint64, np.uint64)
+        self.owned = _PackedColumn()  # per owned record: its id's length (2 bytes), id, shingle set
 
-    def candidates(self, band_keys: np.ndarray, exact_keys: np.ndarray) -> list[tuple[str | None, set[str]]]:
-        """Per record: the id committed with its exact key (if this shard owns that key), and the
-        ids sharing one of its buckets here."""
-        buckets, exact = self.buckets, self.exact
-        return [
-            (exact.get(exact_key) if exact_key % self.count == self.index else None,
-             {record_id for key in keys if key in buckets for record_id in buckets[key]})
-            for exact_key, keys in zip(exact_keys.tolist(), band_keys.tolist(), strict=True)
-        ]
+    def candidates(self, band_keys: np.ndarray, exact_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The record committed with each one's exact key (-1: none, or not this shard's key),
+        and (query position, record) pairs sharing one of its buckets here."""
+        exact = np.full(len(exact_keys), -1, dtype=np.int64)
+        mine = np.flatnonzero(exact_keys % np.uint64(self.count) == self.index)
+        query, record = self.exact.lookup(exact_keys[mine])  # one record a key at most
+        exact[mine[query]] = record
+        band_query, band_record = self.buckets.lookup((band_keys >> BUCKET_KEY_SHIFT).astype(np.uint32).ravel())
+        return exact, band_query // band_keys.shape[1], band_record
 
-    def shingles_of(self, ids: list[str]) -> list[bytes]:
-        return [self.shingles[record_id] for record_id in ids]
+    def records(self, numbers: list[int]) -> list[tuple[str, bytes]]:
+        """(id, shingle set) of records this shard owns."""
+        out = []
+        for number in numbers:
+            packed = self.owned[number // self.count]
+            length = int.from_bytes(packed[:2], "little")
+            out.append((_unpack_id(packed[2 : 2 + length]), packed[2 + length :]))
+        return out
 
-    def insert(self, ids: list[str], band_keys: np.ndarray, exact_keys: np.ndarray,
-               shingles: dict[str, bytes]) -> None:
-        """Add committed records: their buckets, the exact keys this shard owns, ``shingles``."""
-        for record_id, keys, exact_key in zip(ids, band_keys.tolist(), exact_keys.tolist(), strict=True):
-            for key in keys:
-                bucket = self.buckets.setdefault(key, [])
-                if len(bucket) < self.ids_per_bucket:
-                    bucket.append(record_id)
-            if exact_key % self.count == self.index:
-                self.exact.setdefault(exact_key, record_id)
-        self.shingles.update(shingles)
+    def insert(self, numbers: np.ndarray, band_keys: np.ndarray, exact_keys: np.ndarray,
+               owned: list[tuple[str, bytes]]) -> None:
+        """Add committed records ``numbers``: their buckets, the exact keys this shard owns, and
+        the ids and shingle sets of the records it owns (``owned``, in number order)."""
+        keys = (band_keys >> BUCKET_KEY_SHIFT).astype(np.uint32).ravel()
+        entries = np.repeat(numbers.astype(np.uint32), band_keys.shape[1])
+        room = self.ids_per_bucket - self.buckets.count(keys) - _rank_among_equal(keys)
+        self.buckets.add(keys[room > 0], entries[room > 0])
+        mine = np.flatnonzero(exact_keys % np.uint64(self.count) == self.index)
+        new = mine[(self.exact.count(exact_keys[mine]) == 0) & (_rank_among_equal(exact_keys[mine]) == 0)]
+        self.exact.add(exact_keys[new], numbers[new].astype(np.uint32))
+        ids = [_pack_id(record_id) for record_id, _ in owned]
+        self.owned.extend([len(i).to_bytes(2, "little") + i + shingles for i, (_, shingles) in zip(ids, owned, strict=True)])
 
     def size(self) -> dict[str, int]:
-        return {"buckets": len(self.buckets), "exact": len(self.exact), "shingle_sets": len(self.shingles)}
+        return {"records": self.owned.size, "bytes": self.buckets.nbytes + self.exact.nbytes + self.owned.nbytes}
+
+
+def _return_freed_arrays_to_the_os() -> None:
+    """A merge replaces the index's arrays with larger ones. glibc serves arrays up to 32 MB from
+    its heap once it has freed one (its mmap threshold adapts), and keeps what they free there:
+    the actor's RSS grew by ~1 kB a record with ~0.3 kB in arrays (bench_dedup_memory). A fixed
+    threshold maps every array of 128 kB or more on its own, and unmaps it when freed."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
+    except OSError:  # not glibc: its allocator has its own policy
+        pass
+
+
+_HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _pack_id(record_id: str) -> bytes:
+    """sdg's ids (:func:`gen.records.content_id`) are 32 hex digits: 17 bytes as a NUL and their
+    16 bytes, where no text id starts with NUL; any other id is its UTF-8."""
+    return b"\0" + bytes.fromhex(record_id) if _HEX_ID.fullmatch(record_id) else record_id.encode("utf-8")
+
+
+def _unpack_id(packed: bytes) -> str:
+    return packed[1:].hex() if packed[:1] == b"\0" else packed.decode("utf-8")
+
+
+def _rank_among_equal(keys: np.ndarray) -> np.ndarray:
+    """For each key, how many equal keys come before it in ``keys``."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.concatenate(([True], ordered[1:] != ordered[:-1])) if len(keys) else np.empty(0, bool)
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[order] = np.arange(len(keys)) - group_start
+    return rank
 
 
 # ---------------------------------------------------------------- the filter
@@ -267,6 +426,7 @@ class IndexShard:
 class Dedup(Filter):
     name = "dedup"
     stateful = True
+    committed_columns = ("id", "minhash")  # a resume reloads signatures, never the text
 
     def __init__(self, config: DedupConfig):
         super().__init__(config)
@@ -286,8 +446,9 @@ class Dedup(Filter):
         shard_class = ray.remote(num_cpus=0)(IndexShard)
         count = self.config.index_shards
         self._shards = [shard_class.remote(index, count, self.config.ids_per_bucket) for index in range(count)]
+        self._indexed = 0  # records indexed: the next one's number
         for directory in self.config.against:
-            self._load_output(Path(directory))
+            self._load_output(Location.of(directory))
 
     # -- judging
 
@@ -299,7 +460,7 @@ class Dedup(Filter):
                                                        signatures.shingles):
             record["minhash"] = pack_signature(self._fingerprint, exact_key, values, shingles)
         exact_hits, candidates = self._lookup(signatures)
-        known = self._fetch_shingles(set().union(*candidates))
+        known = self._fetch(set().union(*candidates) | {n for n in exact_hits if n is not None})
 
         verdicts: list[Verdict] = []
         kept: list[int] = []
@@ -308,7 +469,7 @@ class Dedup(Filter):
         for i, record in enumerate(records):
             exact_key = int(signatures.exact_keys[i])
             band_keys = signatures.band_keys[i].tolist()
-            earlier = exact_hits[i] or (
+            earlier = known[exact_hits[i]][0] if exact_hits[i] is not None else (
                 records[exact_in_batch[exact_key]]["id"] if exact_key in exact_in_batch else None
             )
             if earlier is not None:
@@ -316,7 +477,7 @@ class Dedup(Filter):
                 continue
             batch_mates = {buckets_in_batch[key] for key in band_keys if key in buckets_in_batch}
             mates = {records[j]["id"]: signatures.shingles[j] for j in batch_mates}
-            mates.update((record_id, known[record_id]) for record_id in candidates[i])
+            mates.update(known[number] for number in candidates[i])
             verdict = self._near_duplicate(signatures.shingles[i], mates)
             verdicts.append(verdict)
             if verdict is None:
@@ -343,19 +504,21 @@ class Dedup(Filter):
         if kept:
             self._insert([record["id"] for record in kept], self._stored_or_computed(kept))
 
-    def _load_output(self, directory: Path) -> None:
-        """Seed the index with an earlier run's kept shards (``DIR/data/*.parquet``)."""
-        shards = sorted((directory / "data").glob("*.parquet"))
+    def _load_output(self, directory: Location) -> None:
+        """Seed the index with an earlier run's kept shards (``DIR/data/*.parquet``), a batch at a time."""
+        shards = directory.child("data").files(".parquet")
         if not shards:
-            raise FileNotFoundError(f"dedup.against: no kept shards in {directory / 'data'}")
-        for path in shards:
-            records = pq.read_table(path, columns=["id", "minhash"]).to_pylist()
-            if any(unpack_signature(r["minhash"], self._fingerprint, self.config.num_perm) is None for r in records):
-                # Made with other settings: their text is needed after all.
-                messages = pq.read_table(path, columns=["messages"]).column("messages").to_pylist()
-                for record, conversation in zip(records, messages, strict=True):
-                    record["messages"] = conversation
-            self.observe_committed(records)
+            raise FileNotFoundError(f"dedup.against: no kept shards in {directory.child('data')}")
+        for shard in shards:
+            batches = read_batches(shard, list(self.committed_columns))
+            first = next(batches, [])
+            if any(unpack_signature(r["minhash"], self._fingerprint, self.config.num_perm) is None for r in first):
+                # A shard is written by one run: made with other settings, so its text is needed after all.
+                batches = read_batches(shard, [*self.committed_columns, "messages"])
+            else:
+                batches = itertools.chain([first], batches)
+            for batch in batches:
+                self.observe_committed(batch)
 
     def close(self) -> None:
         import ray
@@ -382,6 +545,10 @@ class Dedup(Filter):
         for i, record in enumerate(records):
             stored = unpack_signature(record.get("minhash"), self._fingerprint, self.config.num_perm)
             if stored is None:
+                if "messages" not in record:  # only an output of an older sdg, resumed, can hold one
+                    raise ValueError(f"dedup: committed record {record.get('id')} has no signature made with "
+                                     "these settings, and its text was not read; finish this run with "
+                                     "the sdg version that started it")
                 missing.append(i)
             else:
                 exact_keys[i], hashvalues[i], shingles[i] = stored
@@ -396,42 +563,41 @@ class Dedup(Filter):
 
     # -- the index
 
-    def _owner_shard(self, record_id: str) -> int:
-        return xxhash.xxh32_intdigest(record_id.encode("utf-8")) % len(self._shards)
-
-    def _lookup(self, signatures: Signatures) -> tuple[list[str | None], list[set[str]]]:
-        """Per record: a committed id with the same exact key, and the committed ids sharing a bucket."""
+    def _lookup(self, signatures: Signatures) -> tuple[list[int | None], list[set[int]]]:
+        """Per record: the committed record with the same exact key, and those sharing a bucket."""
         answers = self._get([
             shard.candidates.remote(signatures.band_keys[:, bands], signatures.exact_keys)
             for shard, bands in zip(self._shards, self._bands_of_shard)
         ])
-        exact_hits: list[str | None] = [None] * len(signatures.exact_keys)
-        candidates: list[set[str]] = [set() for _ in exact_hits]
-        for answer in answers:
-            for i, (exact_id, ids) in enumerate(answer):
-                exact_hits[i] = exact_hits[i] or exact_id
-                candidates[i] |= ids
+        exact_hits: list[int | None] = [None] * len(signatures.exact_keys)
+        candidates: list[set[int]] = [set() for _ in exact_hits]
+        for exact, queries, numbers in answers:
+            for i in np.flatnonzero(exact >= 0).tolist():
+                exact_hits[i] = int(exact[i])
+            for i, number in zip(queries.tolist(), numbers.tolist(), strict=True):
+                candidates[i].add(number)
         return exact_hits, candidates
 
-    def _fetch_shingles(self, ids: set[str]) -> dict[str, np.ndarray]:
-        wanted: list[list[str]] = [[] for _ in self._shards]
-        for record_id in ids:
-            wanted[self._owner_shard(record_id)].append(record_id)
-        answers = self._get([shard.shingles_of.remote(w) for shard, w in zip(self._shards, wanted)])
-        return {
-            record_id: np.frombuffer(blob, dtype=np.uint32)
-            for shard_ids, blobs in zip(wanted, answers)
-            for record_id, blob in zip(shard_ids, blobs)
-        }
+    def _fetch(self, numbers: set[int]) -> dict[int, tuple[str, np.ndarray]]:
+        """Id and shingle set of committed records, from the shards that own them."""
+        wanted: list[list[int]] = [[] for _ in self._shards]
+        for number in numbers:
+            wanted[number % len(self._shards)].append(number)
+        answers = self._get([shard.records.remote(w) for shard, w in zip(self._shards, wanted)])
+        return {number: (record_id, np.frombuffer(shingles, dtype=np.uint32))
+                for shard_numbers, answer in zip(wanted, answers)
+                for number, (record_id, shingles) in zip(shard_numbers, answer, strict=True)}
 
     def _insert(self, ids: list[str], signatures: Signatures) -> None:
         if not ids:
             return
-        owned: list[dict[str, bytes]] = [{} for _ in self._shards]
-        for record_id, shingles in zip(ids, signatures.shingles):
-            owned[self._owner_shard(record_id)][record_id] = shingles.tobytes()
+        first, count = self._indexed, len(self._shards)
+        numbers = np.arange(first, first + len(ids), dtype=np.int64)
+        self._indexed += len(ids)
         self._get([
-            shard.insert.remote(ids, signatures.band_keys[:, bands], signatures.exact_keys, owned[s])
+            shard.insert.remote(numbers, signatures.band_keys[:, bands], signatures.exact_keys,
+                                [(ids[i], signatures.shingles[i].tobytes())
+                                 for i in range((s - first) % count, len(ids), count)])
             for s, (shard, bands) in enumerate(zip(self._shards, self._bands_of_shard))
         ])
 

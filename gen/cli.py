@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from gen.storage import Location, is_uri
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Synthetic instruction data: vLLM on Ray, filters, Parquet shards.")
 
@@ -49,7 +51,7 @@ def run(spec: SpecArg, set_: SetOpt = None, address: AddressOpt = None,
 def _run(spec, address: str | None, progress: bool | None, report: bool) -> None:
     from cluster.engine import EngineUnavailable, ResourcesUnavailable
     from gen.errors import RunStopped
-    from gen.logs import setup_logging
+    from gen.logs import local_logs, setup_logging
     from gen.run import run as run_spec
     from gen.seeds import SeedError
     from gen.sink import OutputError
@@ -61,13 +63,14 @@ def _run(spec, address: str | None, progress: bool | None, report: bool) -> None
         _fail(str(exc))
     except (RunStopped, EngineUnavailable) as exc:
         typer.secho(f"run stopped: {exc}", fg=typer.colors.RED, err=True)
+        logs = local_logs(spec.output.dir) or "Ray's logs"
         typer.secho(f"committed work is intact in {spec.output.dir}; the same command resumes it "
-                    f"(engine and Ray output: {Path(spec.output.dir) / 'logs'})", fg=typer.colors.RED, err=True)
+                    f"(engine and Ray output: {logs})", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=getattr(exc, "exit_code", 1)) from None
-    out_dir = Path(spec.output.dir)
-    _show_kept(out_dir)
+    out_dir = Location.of(spec.output.dir)
+    _show_kept(out_dir.child("data"))
     totals, this_run = manifest["totals"], manifest["this_run"]
-    described = f"report: {out_dir / 'report.html'}" if report else f"manifest: {out_dir / 'manifest.json'}"
+    described = f"report: {out_dir.child('report.html')}" if report else f"manifest: {out_dir.child('manifest.json')}"
     typer.echo(
         f"{totals['kept']} kept, {totals['rejected']} rejected records in {spec.output.dir} "
         f"({this_run['completion_tokens']} tokens generated this run, "
@@ -78,13 +81,15 @@ SHOWN_RECORDS = 3
 SHOWN_CHARS = 160  # per message
 
 
-def _show_kept(out_dir: Path) -> None:
+def _show_kept(data: Location) -> None:
     """The first few kept records, each message shortened, so a run ends by showing what it made."""
     import pyarrow.dataset as ds
 
-    if not any((out_dir / "data").glob("*.parquet")):
+    shards = data.files(".parquet")
+    if not shards:
         return
-    rows = ds.dataset(out_dir / "data", format="parquet").head(SHOWN_RECORDS, columns=["messages"]).to_pylist()
+    rows = ds.dataset([s.path for s in shards], filesystem=data.fs, format="parquet").head(
+        SHOWN_RECORDS, columns=["messages"]).to_pylist()
     if rows:
         typer.echo(f"The first {len(rows)} kept records:")
     for row in rows:
@@ -94,27 +99,32 @@ def _show_kept(out_dir: Path) -> None:
 
 
 @app.command("filter")
-def filter_(inputs: Annotated[list[Path], typer.Argument(help="JSONL, JSON or Parquet files or globs.")],
+def filter_(inputs: Annotated[list[str], typer.Argument(help="JSONL, JSON or Parquet files, globs or URIs.")],
             spec: Annotated[Path, typer.Option("--spec", help="A spec whose filters section to apply.")],
-            output: Annotated[Path, typer.Option("--output", help="The output dir (same layout as sdg run).")],
+            output: Annotated[str, typer.Option("--output", help="The output dir or URI (same layout as sdg run).")],
             set_: SetOpt = None, address: AddressOpt = None,
             progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None,  # noqa: UP007
             report: ReportOpt = True):
     """Run only the spec's filter chain over an existing dataset (resumable, like sdg run)."""
-    paths = [str(p.absolute()) for p in inputs]
-    overrides = [f"seeds.paths={json.dumps(paths)}", f"output.dir={json.dumps(str(output.absolute()))}",
+    paths = [p if is_uri(p) else str(Path(p).absolute()) for p in inputs]
+    output = output if is_uri(output) else str(Path(output).absolute())
+    overrides = [f"seeds.paths={json.dumps(paths)}", f"output.dir={json.dumps(output)}",
                  "stages=[]", *(set_ or [])]
     _run(_load(spec, overrides), address, progress, report)
 
 
 @app.command()
-def report(output: Annotated[Path, typer.Argument(help="An output dir of sdg run or sdg filter.")]):
+def report(output: Annotated[str, typer.Argument(help="An output dir or URI of sdg run or sdg filter.")]):
     """Describe an output dir: DIR/report.html (plots also as DIR/report/*.png) and the dataset card DIR/README.md."""
     from gen.report import write_report
 
-    if not (output / "_commits").is_dir():
-        _fail(f"{output}: not an sdg output dir (no _commits/)")
-    typer.echo(f"report: {write_report(output)}")
+    try:
+        root = Location.of(output)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not root.child("spec.json").exists():
+        _fail(f"{output}: not an sdg output dir (no spec.json)")
+    typer.echo(f"report: {write_report(root)}")
 
 
 @app.command()

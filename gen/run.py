@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import itertools
 import logging
 import platform
 import signal
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,13 +80,14 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
             startup.mark("model_s")
             engine_logs = engine_log_dir(sink.root)
             launched = launch_engine(spec, model_path, engine_logs)
-        # Seeds and filters are read while the engines load: a bad seed line, or a benchmark or
-        # model file a filter cannot read, stops the run in seconds, not after the model loaded.
+        # The seeds' first record and the filters are read while the engines load: a wrong seed file
+        # or format, or a benchmark or model file a filter cannot read, stops the run in seconds, not
+        # after the model loaded. The seeds are a stream, never whole.
         seeds = SeedReader(**spec.seeds.model_dump()) if spec.seeds else None
-        seed_records = list(seeds) if seeds else []
-        chain = build_chain(spec.filters, committed=lambda: sink.committed.records(kinds=("data",)))
-        if any(f.stateful for f in chain.filters) and sink.committed.entries:
-            chain.observe_committed(sink.committed.records(kinds=("data",)))  # resuming
+        seed_records = _peeked(iter(seeds)) if seeds else iter(())
+        chain = build_chain(spec.filters, committed=lambda columns: sink.committed.batches(columns, kinds=("data",)))
+        if sink.committed.entries:
+            chain.reload()  # resuming: the dedup index learns what is already committed
         startup.mark("seeds_and_filters_s")
         if launched is not None:
             engine = owned_engine = launched.ready()
@@ -109,7 +111,7 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
             served = [after - before for after, before in zip(_served(engine), served_before)]
             if session.first_result_at is not None:
                 startup.phases["first_result_s"] = round(session.first_result_at - started, 3)
-            manifest = _manifest(spec, sink, seed_records, seeds, session, served, startup, engine_ready, finished)
+            manifest = _manifest(spec, sink, seeds, session, served, startup, engine_ready, finished)
             sink.write_manifest(manifest)
     finally:
         if telemetry is not None:
@@ -208,21 +210,18 @@ class _Session:
         """Intake waits above this, so a slow commit (filters, storage) bounds the driver's memory."""
         return 2 * self.spec.output.rows_per_shard
 
-    async def run(self, seeds: list[Record]) -> None:
+    async def run(self, seeds: Iterator[Record]) -> None:
         done = self.sink.committed
         self.resumed_shards = len(done.entries)
         source = self.stages[0] if self.stages and isinstance(self.stages[0], SourceStage) else None
         map_stages = self.stages[1:] if source else self.stages
-        if source:
-            items: AsyncIterator[WorkItem] = source.generate(seeds, done)
-            # a source's work items include its rejects, so their number is not known in advance
-            total, already = None, len(done.keys)
+        if source:  # it makes work items from the seed set as a whole (a Self-Instruct pool)
+            items: AsyncIterator[WorkItem] = source.generate(list(seeds), done)
         else:
-            committed = done.keys
-            todo = [[s] for s in seeds if s["work_key"] not in committed]
-            items = _aiter(todo)
-            total, already = len(seeds), len(seeds) - len(todo)
-        self.progress.start(total=total, done=already)
+            items = _aiter([s] for s in seeds if s["work_key"] not in done.keys)
+        # Streamed seeds are not counted ahead (that would read them twice), nor are a source's
+        # work items (they include its rejects): the progress shows what is done.
+        self.progress.start(total=None, done=len(done.keys))
         self._room.set()
         with _signals_to(self._on_signal):
             try:
@@ -449,15 +448,20 @@ async def _aiter(items: Iterable[WorkItem]) -> AsyncIterator[WorkItem]:
         yield item
 
 
+def _peeked(records: Iterator[Record]) -> Iterator[Record]:
+    """``records``, with the first one read already (raising its error, if it has one, now)."""
+    first = next(records)
+    return itertools.chain([first], records)
+
+
 def _served(engine: EnginePool | None) -> tuple[int, int, int]:
     """(prompt, completion) tokens the replicas have served so far, the run's true token count,
     and the requests sent again because a replica was lost."""
     return (engine.prompt_tokens, engine.completion_tokens, engine.infrastructure_failures) if engine else (0, 0, 0)
 
 
-def _manifest(spec: Spec, sink: ShardSink, seed_records: list[Record], seeds: SeedReader | None,
-              session: _Session, served: list[int], startup: _StartupClock, engine_ready: float,
-              finished: float) -> dict[str, Any]:
+def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _Session,
+              served: list[int], startup: _StartupClock, engine_ready: float, finished: float) -> dict[str, Any]:
     generation_s = max(finished - engine_ready, 1e-9)
     return {
         "status": session.outcome,
@@ -466,7 +470,7 @@ def _manifest(spec: Spec, sink: ShardSink, seed_records: list[Record], seeds: Se
         "versions": _versions(),
         "shards": sink.shards(),
         "totals": sink.totals(),
-        "seeds": {"read": len(seed_records), "skipped": seeds.skipped if seeds else 0,
+        "seeds": {"read": seeds.read if seeds else 0, "skipped": seeds.skipped if seeds else 0,
                   "problems": [{"where": p.where, "what": p.what} for p in seeds.problems] if seeds else []},
         "this_run": {
             "wall_s": round(finished - startup.started, 3),

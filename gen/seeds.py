@@ -18,6 +18,11 @@ text form of an image or a blob is the right one.
 
 Every seed becomes a record whose ``work_key`` is its content hash: the unit that is committed,
 and skipped on resume, as a whole.
+
+Seeds are a stream: files are read a block (JSONL, CSV) or a Parquet batch at a time, from a local
+path or any filesystem :mod:`gen.storage` speaks (``s3://bucket/seeds/*.jsonl``), so ten million
+seeds take the memory of one block, plus 8 bytes a seed to number identical ones. A ``.json``
+array is parsed whole: JSON has no record boundaries to stream by; use JSONL for large seed sets.
 """
 
 from __future__ import annotations
@@ -25,16 +30,16 @@ from __future__ import annotations
 import csv
 import datetime
 import decimal
-import glob
 import json
 import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from gen.keyset import KeySet
 from gen.records import Record, content_id
+from gen.storage import Location, expand, read_lines
 
 MAX_REPORTED_PROBLEMS = 100
 
@@ -59,20 +64,25 @@ class SeedReader:
     limit: int | None = None
     problems: list[SeedProblem] = field(default_factory=list)
     skipped: int = 0
-    _seen: Counter = field(default_factory=Counter)
+    read: int = 0  # records given out by the last iteration (a stream: known only as it goes)
 
-    def files(self) -> list[Path]:
-        found: list[Path] = []
+    def files(self) -> list[Location]:
+        found: list[Location] = []
         for index, pattern in enumerate(self.paths):
-            matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else (
-                [pattern] if Path(pattern).exists() else [])
+            try:
+                matches = expand(pattern)
+            except (OSError, ValueError) as exc:
+                raise SeedError(f"seeds.paths[{index}]: {pattern}: {exc}") from None
             if not matches:
                 raise SeedError(f"seeds.paths[{index}]: no file matches {pattern}")
-            found.extend(Path(m) for m in matches)
+            found.extend(matches)
         return found
 
     def __iter__(self) -> Iterator[Record]:
-        produced = 0
+        self.read = 0
+        # Identical seeds stay distinct records, stably numbered: the first occurrence of each
+        # content is remembered (8 bytes), the count only of those that repeat.
+        self._seen, self._repeats = KeySet(), Counter()
         for path in self.files():
             empty = True
             for where, raw in _raw_records(path):
@@ -90,13 +100,13 @@ class SeedReader:
                         self.problems.append(problem)
                     continue
                 for record in records:
+                    self.read += 1
                     yield record
-                    produced += 1
-                    if self.limit is not None and produced >= self.limit:
+                    if self.limit is not None and self.read >= self.limit:
                         return
             if empty:
                 raise SeedError(f"{path}: no seed records in the file")
-        if not produced:
+        if not self.read:
             first = self.problems[0]
             raise SeedError(f"seeds: no usable seed record: all {self.skipped} were skipped "
                             f"(first: {first.where}: {first.what})")
@@ -144,8 +154,12 @@ class SeedReader:
 
     def _record(self, raw: dict, where: str, messages: list, metadata: dict) -> Record:
         content = content_id(messages, metadata)
-        self._seen[content] += 1  # identical seeds stay distinct records, stably numbered
-        record_id = content_id(content, self._seen[content]) if self._seen[content] > 1 else content
+        if content in self._seen:
+            self._repeats[content] += 1
+            record_id = content_id(content, self._repeats[content] + 1)
+        else:
+            self._seen.add(content)
+            record_id = content
         seed_id = raw.get("id")
         return {
             "id": record_id,
@@ -188,37 +202,42 @@ def _messages(raw: dict) -> list[dict[str, str]]:
     return out
 
 
-def _raw_records(path: Path) -> Iterator[tuple[str, Any]]:
+def _raw_records(path: Location) -> Iterator[tuple[str, Any]]:
     """(``file:line``, parsed object or SeedProblem) for every record of a seed file."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        yield from _parquet_records(path)
-        return
+    suffix = "." + path.name.rsplit(".", 1)[-1].lower() if "." in path.name else ""
     try:
-        data = path.read_bytes()
+        if suffix == ".parquet":
+            yield from _parquet_records(path)
+        elif suffix == ".json":
+            yield from _json_records(path, path.read_bytes())
+        elif suffix == ".csv":
+            yield from _csv_records(path, read_lines(path))
+        else:
+            yield from _jsonl_records(path, read_lines(path))
     except OSError as exc:
-        raise SeedError(f"{path}: cannot read: {exc.strerror}") from exc
-    if suffix == ".json":
-        try:
-            parsed = json.loads(data.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            yield f"{path}:1", SeedProblem(str(path), _not_utf8(exc))
-            return
-        except json.JSONDecodeError as exc:
-            yield f"{path}:{exc.lineno}", SeedProblem(str(path), f"not valid JSON: {exc}")
-            return
-        if not isinstance(parsed, list):
-            yield f"{path}:1", SeedProblem(str(path), "a .json seed file must hold an array of records")
-            return
-        may_hold_surrogates = bool(_ESCAPED_SURROGATE.search(data))
-        for index, item in enumerate(parsed):
-            where = f"{path}:[{index}]"
-            yield where, (_surrogate_problem(where, item) if may_hold_surrogates else None) or item
+        raise SeedError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _json_records(path: Location, data: bytes) -> Iterator[tuple[str, Any]]:
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        yield f"{path}:1", SeedProblem(str(path), _not_utf8(exc))
         return
-    if suffix == ".csv":
-        yield from _csv_records(path, data)
+    except json.JSONDecodeError as exc:
+        yield f"{path}:{exc.lineno}", SeedProblem(str(path), f"not valid JSON: {exc}")
         return
-    for number, line in enumerate(data.splitlines(), start=1):
+    if not isinstance(parsed, list):
+        yield f"{path}:1", SeedProblem(str(path), "a .json seed file must hold an array of records")
+        return
+    may_hold_surrogates = bool(_ESCAPED_SURROGATE.search(data))
+    for index, item in enumerate(parsed):
+        where = f"{path}:[{index}]"
+        yield where, (_surrogate_problem(where, item) if may_hold_surrogates else None) or item
+
+
+def _jsonl_records(path: Location, lines: Iterator[bytes]) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -251,16 +270,16 @@ def _surrogate_problem(where: str, item: Any) -> SeedProblem | None:
     return None
 
 
-def _csv_records(path: Path, data: bytes) -> Iterator[tuple[str, Any]]:
+def _csv_records(path: Location, raw_lines: Iterator[bytes]) -> Iterator[tuple[str, Any]]:
     """Rows as dicts by the header, each named by the line it starts on (a quoted field may span
     lines); a line that is not UTF-8, or a row whose field count differs from the header's, is a
     problem of that line."""
     undecodable: dict[int, str] = {}
 
     def lines() -> Iterator[str]:
-        for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        for number, raw in enumerate(raw_lines, start=1):
             try:
-                yield raw.decode("utf-8")
+                yield raw.decode("utf-8") + "\n"  # a quoted field may hold line ends
             except UnicodeDecodeError as exc:
                 undecodable[number] = _not_utf8(exc)
                 yield "\n"  # read as a blank line; reported below instead
@@ -288,30 +307,43 @@ def _csv_records(path: Path, data: bytes) -> Iterator[tuple[str, Any]]:
         yield where, SeedProblem(where, f"not valid CSV: {exc}")
 
 
-def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
+# Parquet rows converted to Python at a time: one batch is what a Parquet seed file costs in memory.
+PARQUET_BATCH_ROWS = 4096
+
+
+def _parquet_records(path: Location) -> Iterator[tuple[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        yield str(path), SeedProblem(str(path), f"not a readable Parquet file: {exc}")
-        return
-    for column in table.schema:
-        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type) \
-                or pa.types.is_fixed_size_binary(column.type):
-            raise SeedError(f"{path}: column {column.name!r} is binary; seeds are text: drop the column "
-                            "or cast it to string")
-    convert = not all(_json_native(column.type) for column in table.schema)
-    for index, row in enumerate(table.to_pylist(), start=1):
-        where = f"{path}:row {index}"
-        if convert:
-            try:
-                row = {name: _json_safe(value) for name, value in row.items()}
-            except TypeError as exc:
-                yield where, SeedProblem(where, str(exc))
-                continue
-        yield where, row
+    with path.open() as f:
+        try:
+            parquet = pq.ParquetFile(f)
+            schema = parquet.schema_arrow
+        except (pa.ArrowException, OSError) as exc:
+            yield str(path), SeedProblem(str(path), f"not a readable Parquet file: {exc}")
+            return
+        for column in schema:
+            if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type) \
+                    or pa.types.is_fixed_size_binary(column.type):
+                raise SeedError(f"{path}: column {column.name!r} is binary; seeds are text: drop the column "
+                                "or cast it to string")
+        convert = not all(_json_native(column.type) for column in schema)
+        index = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                for row in batch.to_pylist():
+                    index += 1
+                    where = f"{path}:row {index}"
+                    if convert:
+                        try:
+                            row = {name: _json_safe(value) for name, value in row.items()}
+                        except TypeError as exc:
+                            yield where, SeedProblem(where, str(exc))
+                            continue
+                    yield where, row
+        except (pa.ArrowException, OSError) as exc:
+            where = f"{path}:row {index + 1}"
+            yield where, SeedProblem(where, f"not a readable Parquet file: {exc}")
 
 
 def _json_native(dtype: Any) -> bool:

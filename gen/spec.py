@@ -18,6 +18,7 @@ from filters import FilterSpec
 from gen.prompts import check_renders
 from gen.sampling import Sampling
 from gen.seeds import SeedReader
+from gen.storage import is_uri
 from gen.smollm2_model import NAME as EMBEDDED_DEFAULT_MODEL
 from gen.stages import STAGES, SourceStage, StageSpec
 
@@ -252,17 +253,18 @@ def _content_digest(pattern: str) -> str:
     """One digest of the contents of the files a path or glob names, in the order they are read."""
     digest = xxhash.xxh3_128()
     for file in SeedReader([pattern]).files():  # expands globs as the seed reader does
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+        with file.fs.open_input_stream(file.path) as f:
+            while block := f.read(1 << 20):
                 digest.update(block)
         digest.update(b"\0file\0")  # a.jsonl + b.jsonl differs from one file of both
     return f"xxh3-128:{digest.hexdigest()}"
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
-    """Input paths are relative to the spec file, so a spec runs from any directory."""
+    """Input paths are relative to the spec file, so a spec runs from any directory (URIs are
+    absolute)."""
     for holder, key in input_path_slots(data):
-        if not Path(holder[key]).is_absolute():
+        if not is_uri(holder[key]) and not Path(holder[key]).is_absolute():
             holder[key] = str(base / holder[key])
 
 

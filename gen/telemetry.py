@@ -4,7 +4,9 @@
 engine replica (its completion tokens so far, the requests it holds, the requests sent again).
 Each line names its run (``run``: when that invocation started), so a killed and resumed run
 keeps both parts and the report draws both. A line cut short by a kill is skipped by the reader.
-Commits over time need no line here: the commit journal has them (``committed_at``).
+Commits over time need no line here: the commit journal has them (``committed_at``). An object
+store cannot append: there the lines are kept in memory and the whole object is written again
+when the run ends (a killed run's lines are lost; its commits are not).
 
 The same numbers go to Ray's metrics (``ray.util.metrics``), which the cluster's Prometheus
 endpoint and dashboard show during the run; Prometheus prefixes each name with ``ray_`` (and a
@@ -14,14 +16,16 @@ counter's with ``_total`` after it): see README, Live metrics.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from gen.storage import Location
 
 if TYPE_CHECKING:
     from cluster.engine import EnginePool
@@ -64,11 +68,13 @@ def _metrics() -> _Metrics:
 class Telemetry:
     """Samples the engine pool and records commits, into ``DIR/timeline.jsonl`` and Ray's metrics."""
 
-    def __init__(self, root: Path, engine: EnginePool | None):
+    def __init__(self, root: Location, engine: EnginePool | None):
         self.engine = engine
         self.run = datetime.now(UTC).isoformat(timespec="seconds")
         self.metrics = _metrics()
-        self._file = open(root / TIMELINE, "a", buffering=1)  # noqa: SIM115 - held for the run, one line per write
+        self._timeline = root.child(TIMELINE)
+        # Held for the run, one line a write; in memory on an object store (see above).
+        self._file = open(self._timeline.path, "a", buffering=1) if root.local else io.StringIO()  # noqa: SIM115
         replicas = len(engine.replicas) if engine else 0
         self._tokens_seen = [0] * replicas
         self._retries_seen = [0] * replicas
@@ -109,17 +115,19 @@ class Telemetry:
         self.metrics.commit_seconds.observe(seconds)
 
     def close(self) -> None:
+        if isinstance(self._file, io.StringIO):
+            earlier = self._timeline.read_bytes() if self._timeline.exists() else b""
+            self._timeline.write_bytes(earlier + self._file.getvalue().encode())
         self._file.close()
 
 
-def read_timeline(root: Path) -> Iterator[dict[str, Any]]:
+def read_timeline(root: Location) -> Iterator[dict[str, Any]]:
     """The lines of ``DIR/timeline.jsonl``, all runs, in order; a line cut short by a kill is skipped."""
-    path = root / TIMELINE
-    if not path.exists():
+    timeline = root.child(TIMELINE)
+    if not timeline.exists():
         return
-    with open(path) as f:
-        for line in f:
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    for line in timeline.read_bytes().decode().splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue

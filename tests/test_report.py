@@ -129,6 +129,7 @@ def test_ray_metrics_endpoint_shows_tokens_during_a_run(tmp_path, engine_pool):
 def test_a_killed_and_resumed_runs_timeline_shows_both_parts(tmp_path):
     """As a kill -9 leaves it: the first run's last line cut short, then the resumed run's lines."""
     from gen.report.measures import measure
+    from gen.storage import Location
 
     first = [{"run": "A", "t": 100.0 + i, "replica": 0, "completion_tokens": 50 * i, "in_flight": 8, "retried": 0}
              for i in range(5)]
@@ -136,7 +137,7 @@ def test_a_killed_and_resumed_runs_timeline_shows_both_parts(tmp_path):
               for i in range(3)]
     lines = [json.dumps(line) for line in first] + ['{"run": "A", "t": 10'] + [json.dumps(line) for line in second]
     (tmp_path / "timeline.jsonl").write_text("\n".join(lines) + "\n")
-    m = measure(tmp_path)
+    m = measure(Location.of(tmp_path))
     assert sorted(m.replicas) == ["A", "B"]
     assert [(at, rate) for at, rate, _ in m.replicas["A"][0]] == [(0.0, 0.0), (1.0, 50.0), (2.0, 50.0), (3.0, 50.0),
                                                                  (4.0, 50.0)]

@@ -90,6 +90,16 @@ def test_limit(tmp_path):
     assert len(read([REPO / "examples" / "seeds.jsonl"], limit=5)[1]) == 5
 
 
+def test_the_reader_counts_the_records_it_gave_out_for_the_manifest(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"instruction": "a"}\nnot json\n{"instruction": "b"}\n{"instruction": "c"}\n')
+    reader, records = read([path], on_error="skip")
+    assert (reader.read, reader.skipped, len(records)) == (3, 1, 3)
+    stream = iter(reader)
+    next(stream)
+    assert reader.read == 1  # a stream: counted as it goes, from zero again on each reading
+
+
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside the project")
 def test_real_self_instruct_seed_tasks_load():
     reader, records = read([SHARED_DATA / "self_instruct_seed_tasks.jsonl"])

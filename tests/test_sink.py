@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 
@@ -25,31 +24,49 @@ def test_commit_writes_shards_journal_and_totals(tmp_path):
     sink = open_sink(tmp_path)
     rejected = drop(record(2), "dedup", "near_duplicate", duplicate_of="r1", similarity=0.9)
     entry = sink.commit([record(1)], [rejected], ["w1", "w2"], {"dedup": {"near_duplicate": 1}})
-    assert entry["data"] == "data/part-00000.parquet" and entry["rejected"] == "rejected/part-00000.parquet"
-    row = pq.read_table(tmp_path / "rejected/part-00000.parquet").to_pylist()[0]
+    assert entry["data"] == f"data/part-00000-{sink.writer}.parquet"
+    assert entry["rejected"] == f"rejected/part-00000-{sink.writer}.parquet"
+    row = pq.read_table(tmp_path / entry["rejected"]).to_pylist()[0]
     assert (row["drop_filter"], row["drop_reason"]) == ("dedup", "near_duplicate")
     assert json.loads(row["drop_evidence"]) == {"duplicate_of": "r1", "similarity": 0.9}
+    journal = json.loads((tmp_path / "_commits/00000.json").read_text())
+    assert journal["work_keys"] == ["w1", "w2"] and set(journal["files"]) == {entry["data"], entry["rejected"]}
     totals = sink.totals()
     assert (totals["kept"], totals["rejected"], totals["prompt_tokens"], totals["completion_tokens"]) == (1, 1, 4, 6)
-    assert totals["dropped"] == {"dedup": {"near_duplicate": 1}}
+    assert (totals["work_items"], totals["dropped"]) == (2, {"dedup": {"near_duplicate": 1}})
     sink.close()
     reopened = open_sink(tmp_path)
-    assert reopened.committed.keys == {"w1", "w2"} and reopened.next_shard == 1
+    keys = reopened.committed.keys
+    assert ("w1" in keys, "w2" in keys, "w3" in keys, len(keys)) == (True, True, False, 2)
+    assert reopened.next_shard == 1
 
 
-def test_recovery_finishes_committed_renames_and_drops_uncommitted_files(tmp_path):
+def test_recovery_keeps_committed_shards_and_deletes_uncommitted_ones(tmp_path):
     sink = open_sink(tmp_path)
-    sink.commit([record(1)], [], ["w1"], {})
+    committed = sink.commit([record(1)], [], ["w1"], {})
     sink.close()
-    # a crash after the journal entry but before the rename
-    os.replace(tmp_path / "data/part-00000.parquet", tmp_path / "data/.part-00000.parquet.tmp")
-    # and a crash of a later commit before its journal entry
-    (tmp_path / "data/.part-00001.parquet.tmp").write_bytes(b"half written")
+    # a crash after a later commit wrote its shard, before its journal entry (the commit point)
+    (tmp_path / "data/part-00001-deadbeef.parquet").write_bytes(b"half written")
+    (tmp_path / "_commits/.00001.json.tmp").write_text("{")
     recovered = open_sink(tmp_path)
-    assert (tmp_path / "data/part-00000.parquet").exists()
-    assert not list((tmp_path / "data").glob(".*.tmp"))
-    assert recovered.committed.keys == {"w1"} and recovered.next_shard == 1
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [committed["data"].split("/")[1]]
+    assert not list((tmp_path / "_commits").glob(".*.tmp"))
+    assert "w1" in recovered.committed.keys and recovered.next_shard == 1
     assert [r["id"] for r in recovered.committed.records(["id"])] == ["r1"]
+    # the next commit reuses shard number 1 under its own writer's name
+    assert recovered.commit([record(2)], [], ["w2"], {})["data"] == f"data/part-00001-{recovered.writer}.parquet"
+
+
+def test_committed_records_are_read_in_batches_of_the_columns_asked_for(tmp_path, monkeypatch):
+    import gen.sink
+
+    monkeypatch.setattr(gen.sink, "READ_BATCH_ROWS", 3)
+    sink = open_sink(tmp_path)
+    sink.commit([record(i) for i in range(7)], [], [f"w{i}" for i in range(7)], {})
+    batches = list(sink.committed.batches(["id", "work_key", "no_such_column"], kinds=("data",)))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert batches[0][0] == {"id": "r0", "work_key": "w0"}
+    sink.close()
 
 
 def test_a_second_run_into_the_same_dir_is_refused(tmp_path):

@@ -19,19 +19,20 @@ import jinja2
 from gen.report.card import write_card
 from gen.report.figures import draw
 from gen.report.measures import TEXT_SAMPLE, measure
+from gen.storage import Location
 
 PAGE = "report.html"
 PLOTS = "report"
 
 
-def write_report(root: str | Path) -> Path:
-    """Write ``DIR/report.html``, ``DIR/report/*.png`` and the card for the output dir ``root``; returns the page."""
-    root = Path(root)
+def write_report(root: str | Path | Location) -> Location:
+    """Write ``DIR/report.html``, ``DIR/report/*.png`` and the card for the output dir ``root``
+    (a path or URI); returns the page."""
+    root = root if isinstance(root, Location) else Location.of(root)
     measures = measure(root)
     plots = draw(measures)
-    (root / PLOTS).mkdir(exist_ok=True)
     for name, png in plots.items():
-        (root / PLOTS / f"{name}.png").write_bytes(png)
+        root.child(PLOTS, f"{name}.png").write_bytes(png)
     environment = jinja2.Environment(loader=jinja2.PackageLoader("gen.report", ""), autoescape=True)
     spec = measures.manifest.get("spec", {})
     page = environment.get_template("page.html.j2").render(
@@ -39,6 +40,7 @@ def write_report(root: str | Path) -> Path:
         model=spec.get("model", {}).get("name", "unknown"),
         written=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         plots={name: "data:image/png;base64," + base64.b64encode(png).decode() for name, png in plots.items()})
-    (root / PAGE).write_text(page)
+    page_file = root.child(PAGE)
+    page_file.write_bytes(page.encode())
     write_card(measures)
-    return root / PAGE
+    return page_file

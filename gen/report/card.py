@@ -6,12 +6,12 @@ with their counts, the package versions and the date."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import jinja2
 import yaml
 
 from gen.report.measures import Measures
+from gen.storage import Location
 
 CARD = "README.md"
 SPLITS = ("data", "rejected")
@@ -25,14 +25,14 @@ def size_category(records: int) -> str:
     return next((name for bound, name in SIZE_CATEGORIES if records < bound), "n>1B")
 
 
-def write_card(m: Measures) -> Path:
+def write_card(m: Measures) -> Location:
     spec = m.manifest.get("spec", {})
     card = spec.get("card", {})
     totals = m.manifest.get("totals", {})
     front = {
         "configs": [{"config_name": "default", "data_files": [
             {"split": split, "path": f"{split}/*.parquet"} for split in SPLITS
-            if any((m.root / split).glob("part-*.parquet"))]}],
+            if m.root.child(split).files(".parquet")]}],
         "license": card.get("license", "unknown"),
         **({"language": language} if (language := card.get("language") or _languages(m)) else {}),
         "task_categories": card.get("task_categories", ["text-generation"]),
@@ -49,8 +49,9 @@ def write_card(m: Measures) -> Path:
         stages=spec.get("stages", []), filters=spec.get("filters", []), drops=m.drops,
         seeds=m.manifest.get("seeds", {}).get("read"), seed_paths=(spec.get("seeds") or {}).get("paths", []),
         versions=m.manifest.get("versions", {}), spec_yaml=yaml.safe_dump(spec, sort_keys=False))
-    (m.root / CARD).write_text(text)
-    return m.root / CARD
+    card_file = m.root.child(CARD)
+    card_file.write_bytes(text.encode())
+    return card_file
 
 
 def _languages(m: Measures) -> list[str]:

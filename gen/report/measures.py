@@ -23,6 +23,7 @@ from filters.quality import has_machine_instruction, instruction_without_input
 from gen.diversity import distinct_n, nearest_rouge_l, verb_object_counts
 from gen.embedded_models import EMBEDDED_MODELS, cache_root
 from gen.records import Record, instruction_of, response_of
+from gen.storage import Location
 from gen.telemetry import read_timeline
 
 TEXT_SAMPLE = 2000  # records of each kind whose text is measured
@@ -38,7 +39,7 @@ REJECTED_COLUMNS = ["drop_filter", "drop_reason", "drop_evidence"]
 
 @dataclass
 class Measures:
-    root: Path
+    root: Location
     manifest: dict[str, Any]
     funnel: list[tuple[str, int]] = field(default_factory=list)  # (step, records), in flow order
     drops: list[tuple[str, str, int]] = field(default_factory=list)  # (stage or filter, reason, count)
@@ -64,12 +65,14 @@ class Measures:
     commits: list[tuple[float, int]] = field(default_factory=list)  # (time, records committed so far)
 
 
-def measure(root: Path) -> Measures:
-    manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").exists() else {}
+def measure(root: Location) -> Measures:
+    manifest_file = root.child("manifest.json")
+    manifest = json.loads(manifest_file.read_bytes()) if manifest_file.exists() else {}
     m = Measures(root, manifest)
-    kept_counts, rejected_counts = _read(root / "data", COUNTED_COLUMNS), _read(root / "rejected", COUNTED_COLUMNS)
-    kept = _sample(root / "data", TEXT_COLUMNS)
-    rejected = _sample(root / "rejected", TEXT_COLUMNS + REJECTED_COLUMNS)
+    kept_counts = _read(root.child("data"), COUNTED_COLUMNS)
+    rejected_counts = _read(root.child("rejected"), COUNTED_COLUMNS)
+    kept = _sample(root.child("data"), TEXT_COLUMNS)
+    rejected = _sample(root.child("rejected"), TEXT_COLUMNS + REJECTED_COLUMNS)
     m.sampled = len(kept) < len(kept_counts) or len(rejected) < len(rejected_counts)
     _funnel(m, kept_counts, rejected_counts)
     _examples(m, kept, rejected)
@@ -82,19 +85,19 @@ def measure(root: Path) -> Measures:
     return m
 
 
-def _read(directory: Path, columns: list[str]) -> list[Record]:
-    files = sorted(directory.glob("part-*.parquet")) if directory.exists() else []
-    return [row for f in files for row in pq.read_table(f, columns=columns).to_pylist()]
+def _read(directory: Location, columns: list[str]) -> list[Record]:
+    return [row for f in directory.files(".parquet")
+            for row in pq.read_table(f.path, columns=columns, filesystem=f.fs).to_pylist()]
 
 
-def _sample(directory: Path, columns: list[str]) -> list[Record]:
+def _sample(directory: Location, columns: list[str]) -> list[Record]:
     """Up to ``TEXT_SAMPLE`` records drawn from whole shards spread evenly over the output (only
     as many shards as the sample needs are read)."""
-    files = sorted(directory.glob("part-*.parquet")) if directory.exists() else []
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    files = directory.files(".parquet")
+    rows = sum(pq.read_metadata(f.path, filesystem=f.fs).num_rows for f in files)
     needed = min(len(files), math.ceil(TEXT_SAMPLE * len(files) / rows)) if rows else 0
     chosen = [files[i * len(files) // needed] for i in range(needed)]
-    records = [row for f in chosen for row in pq.read_table(f, columns=columns).to_pylist()]
+    records = [row for f in chosen for row in pq.read_table(f.path, columns=columns, filesystem=f.fs).to_pylist()]
     if len(records) > TEXT_SAMPLE:
         records = random.Random(0).sample(records, TEXT_SAMPLE)
     for record in records:
@@ -211,8 +214,8 @@ def _seed_instructions(manifest: dict[str, Any]) -> list[str]:
 
 def _engine(m: Measures) -> None:
     samples = list(read_timeline(m.root))
-    entries = sorted((json.loads(p.read_text()) for p in (m.root / "_commits").glob("*.json")),
-                     key=lambda entry: entry["committed_at"]) if (m.root / "_commits").exists() else []
+    entries = sorted((json.loads(p.read_bytes()) for p in m.root.child("_commits").files(".json")),
+                     key=lambda entry: entry["committed_at"])
     first = min([s["t"] for s in samples[:1]] + [e["committed_at"] for e in entries[:1]], default=0.0)
     window: dict[tuple[str, int], deque[tuple[float, int]]] = defaultdict(deque)
     for sample in samples:
