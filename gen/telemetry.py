@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from gen.storage import Location
 
 if TYPE_CHECKING:
     from cluster.engine import EnginePool
+
+log = logging.getLogger(__name__)
 
 TIMELINE = "timeline.jsonl"
 SAMPLE_EVERY_S = 1.0
@@ -116,8 +119,11 @@ class Telemetry:
 
     def close(self) -> None:
         if isinstance(self._file, io.StringIO):
-            earlier = self._timeline.read_bytes() if self._timeline.exists() else b""
-            self._timeline.write_bytes(earlier + self._file.getvalue().encode())
+            try:
+                earlier = self._timeline.read_bytes() if self._timeline.exists() else b""
+                self._timeline.write_bytes(earlier + self._file.getvalue().encode())
+            except OSError as exc:  # the run's own outcome (maybe this store failing) is what to report
+                log.warning("%s: the run's time series was not written (%s)", self._timeline, exc)
         self._file.close()
 
 

@@ -250,3 +250,24 @@ def test_the_report_and_card_of_an_output_on_s3_are_written_there(s3_bucket):
     card = Location.of(root).child("README.md").read_bytes().decode()
     assert "split: data" in card and "split: rejected" in card
     assert '<section id="funnel">' in Location.of(root).child("report.html").read_bytes().decode()
+
+
+def test_the_time_series_of_a_run_on_s3_is_written_whole_at_its_end_after_an_earlier_runs(s3_bucket):
+    """An object cannot be appended to: each run writes the earlier runs' lines and its own."""
+    from gen.telemetry import Telemetry, read_timeline
+
+    class Engine:  # what Telemetry samples of the engine pool
+        replicas, completion_tokens_by_replica, failures_by_replica = [None], [5], [0]
+
+        def in_flight(self):
+            return [2]
+
+    root = Location.of(f"{s3_bucket}/out")
+    root.child("timeline.jsonl").write_bytes(b'{"run": "A", "t": 1.0, "replica": 0}\n')
+    telemetry = Telemetry(root, Engine())
+    telemetry.sample()
+    assert [line["run"] for line in read_timeline(root)] == ["A"]  # nothing written while it runs
+    telemetry.close()
+    lines = list(read_timeline(root))
+    assert [line["run"] for line in lines] == ["A", telemetry.run]
+    assert (lines[1]["completion_tokens"], lines[1]["in_flight"]) == (5, 2)
