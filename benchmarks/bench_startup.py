@@ -5,7 +5,7 @@
 
 Time to first token is the wall time of a whole `sdg run` process that answers one prompt with one
 token: Ray start, model build or load, engine initialisation (compilation or not), the request, and
-the exit. Each setting runs in fresh processes:
+the exit (no report: `--no-report` where the tree has it). Each setting runs in fresh processes:
 
 * cold: empty caches of its own (`SDG_CACHE`: the embedded model is built; vLLM's and Inductor's
   compile caches), the first run;
