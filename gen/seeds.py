@@ -39,7 +39,7 @@ from typing import Any
 
 from gen.keyset import KeySet
 from gen.records import Record, content_id
-from gen.storage import Location, expand, read_lines
+from gen.storage import Location, expand, read_blocks, read_lines
 
 MAX_REPORTED_PROBLEMS = 100
 
@@ -110,6 +110,19 @@ class SeedReader:
             first = self.problems[0]
             raise SeedError(f"seeds: no usable seed record: all {self.skipped} were skipped "
                             f"(first: {first.where}: {first.what})")
+
+    def count_rows(self) -> int:
+        """The seed rows in the files (capped by ``limit``), counted without parsing a record: a
+        Parquet file's from its metadata, a JSONL or CSV file's from its non-blank lines, a JSON
+        array from its parse. For the progress line's total, beside the run: a row that turns out
+        malformed, or a CSV field spanning lines, makes it an upper bound of the records; a
+        Self-Instruct task with several instances is one row but as many records."""
+        rows = 0
+        for path in self.files():
+            rows += _count_rows(path)
+            if self.limit is not None and rows >= self.limit:
+                return self.limit
+        return rows
 
     def _to_records(self, raw: Any, where: str) -> list[Record]:
         if not isinstance(raw, dict):
@@ -202,9 +215,14 @@ def _messages(raw: dict) -> list[dict[str, str]]:
     return out
 
 
+def _suffix(path: Location) -> str:
+    """The file's format: ``.parquet``, ``.json``, ``.csv``, anything else is JSONL."""
+    return "." + path.name.rsplit(".", 1)[-1].lower() if "." in path.name else ""
+
+
 def _raw_records(path: Location) -> Iterator[tuple[str, Any]]:
     """(``file:line``, parsed object or SeedProblem) for every record of a seed file."""
-    suffix = "." + path.name.rsplit(".", 1)[-1].lower() if "." in path.name else ""
+    suffix = _suffix(path)
     try:
         if suffix == ".parquet":
             yield from _parquet_records(path)
@@ -216,6 +234,24 @@ def _raw_records(path: Location) -> Iterator[tuple[str, Any]]:
             yield from _jsonl_records(path, read_lines(path))
     except OSError as exc:
         raise SeedError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+# A line with a character that is not whitespace: blank as a JSONL line's ``strip()`` is blank.
+_NON_BLANK_LINE = re.compile(rb"^[^\S\n]*\S", re.MULTILINE)
+
+
+def _count_rows(path: Location) -> int:
+    suffix = _suffix(path)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        with path.open() as f:
+            return pq.ParquetFile(f).metadata.num_rows  # the footer: no row is read
+    if suffix == ".json":
+        parsed = json.loads(path.read_bytes())
+        return len(parsed) if isinstance(parsed, list) else 0
+    lines = sum(len(_NON_BLANK_LINE.findall(block)) for block in read_blocks(path))
+    return max(lines - 1, 0) if suffix == ".csv" else lines  # a CSV file's first line is its header
 
 
 def _json_records(path: Location, data: bytes) -> Iterator[tuple[str, Any]]:

@@ -142,17 +142,29 @@ def _segments_match(parts: list[str], wanted: list[str]) -> bool:
     return bool(parts) and fnmatch.fnmatchcase(parts[0], wanted[0]) and _segments_match(parts[1:], wanted[1:])
 
 
-def read_lines(location: Location, block: int = 1 << 20) -> Iterator[bytes]:
-    """The lines of a file (without their line ends), read in blocks: memory holds one block."""
+def read_blocks(location: Location, block: int = 1 << 20) -> Iterator[bytes]:
+    """A file in blocks of whole lines (each ends with a line end, the file's last may not):
+    memory holds one block."""
     with location.fs.open_input_stream(location.path) as f:
         rest = b""
         while chunk := f.read(block):
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                yield line.removesuffix(b"\r")
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield data[:cut]
+            rest = data[cut:]
         if rest:
-            yield rest.removesuffix(b"\r")
+            yield rest
+
+
+def read_lines(location: Location, block: int = 1 << 20) -> Iterator[bytes]:
+    """The lines of a file (without their line ends), read in blocks: memory holds one block."""
+    for data in read_blocks(location, block):
+        lines = data.split(b"\n")
+        if data.endswith(b"\n"):
+            lines.pop()  # the empty string after the block's last line end
+        for line in lines:
+            yield line.removesuffix(b"\r")
 
 
 def _fsspec(location: str) -> tuple[pafs.FileSystem, str]:

@@ -191,3 +191,59 @@ def test_an_empty_seed_file_or_one_with_no_usable_record_is_an_error(tmp_path):
     bad.write_text('{"text": "x"}\n{"text": "y"}\n')
     with pytest.raises(SeedError, match=r"no usable seed record: all 2 were skipped \(first: .*bad.jsonl:1: "):
         read([bad], on_error="skip")
+
+
+# ---------------------------------------------------------------- the count behind the progress total
+
+
+def test_the_count_of_a_jsonl_file_is_its_non_blank_lines_and_matches_its_records(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    # blank and whitespace-only lines, CRLF line ends, no line end after the last line
+    path.write_bytes(b'{"instruction": "a"}\r\n\n   \n{"instruction": "b"}\n\t\r\n{"instruction": "c"}')
+    reader, records = read([path])
+    assert reader.count_rows() == len(records) == 3
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "a"}\nnot json\n')
+    reader, records = read([tmp_path / "bad.jsonl"], on_error="skip")
+    assert (reader.count_rows(), len(records)) == (2, 1)  # a malformed line counts: an upper bound
+
+
+def test_the_count_of_a_jsonl_file_spans_its_blocks(tmp_path):
+    path = tmp_path / "many.jsonl"  # 3 MB: read in 1 MiB blocks, lines cut across them
+    path.write_text("".join(f'{{"instruction": "task {i}"}}\n' + "\n" * (i % 3) for i in range(100_000)))
+    assert SeedReader([str(path)]).count_rows() == 100_000
+
+
+def test_the_count_of_csv_json_and_parquet_files(tmp_path):
+    (tmp_path / "rows.csv").write_text("text,label\n\ngood film,1\nbad film,0\n")
+    (tmp_path / "array.json").write_text(json.dumps([{"instruction": f"T{i}."} for i in range(4)]))
+    pq.write_table(pa.table({"instruction": [f"P{i}." for i in range(5000)]}), tmp_path / "p.parquet",
+                   row_group_size=1000)
+    for name, count, kw in [("rows.csv", 2, {"format": "rows"}), ("array.json", 4, {}), ("p.parquet", 5000, {})]:
+        reader, records = read([tmp_path / name], **kw)
+        assert reader.count_rows() == len(records) == count, name
+    multi_line = tmp_path / "quoted.csv"
+    multi_line.write_text('text,label\n"two\nlines",0\n')
+    reader, rows = read([multi_line], format="rows")
+    assert (reader.count_rows(), len(rows)) == (2, 1)  # a quoted field spanning lines: an upper bound
+
+
+def test_a_parquet_file_is_counted_from_its_metadata_without_reading_a_row(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"instruction": [f"Task number {i}." for i in range(1000)]}), path)
+    data = bytearray(path.read_bytes())
+    data[4:len(data) // 2] = b"\0" * (len(data) // 2 - 4)  # the column data, not the footer
+    path.write_bytes(bytes(data))
+    reader = SeedReader([str(path)])
+    assert reader.count_rows() == 1000
+    with pytest.raises(SeedError, match="not a readable Parquet file"):
+        list(reader)
+
+
+def test_the_count_is_summed_over_files_and_capped_by_limit(tmp_path):
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text('{"instruction": "x"}\n{"instruction": "y"}\n{"instruction": "z"}\n')
+    assert SeedReader([str(tmp_path / "*.jsonl")]).count_rows() == 6
+    assert SeedReader([str(tmp_path / "*.jsonl")], limit=4).count_rows() == 4
+    assert SeedReader([str(tmp_path / "*.jsonl")], limit=10).count_rows() == 6
+    reader, records = read([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], limit=4)
+    assert reader.count_rows() == len(records) == 4

@@ -141,9 +141,11 @@ def test_seeds_stream_from_s3_by_uri_and_glob_as_they_read_locally(s3_bucket, tm
     assert [str(f) for f in expand(f"{s3_bucket}/seeds/*")] == [f"{s3_bucket}/seeds/a.jsonl",
                                                                  f"{s3_bucket}/seeds/b.parquet"]
     assert len(expand(f"{s3_bucket}/seeds/**/*.jsonl")) == 2
-    remote = list(SeedReader([f"{s3_bucket}/seeds/*.jsonl", f"{s3_bucket}/seeds/b.parquet"]))
+    remote_reader = SeedReader([f"{s3_bucket}/seeds/*.jsonl", f"{s3_bucket}/seeds/b.parquet"])
+    remote = list(remote_reader)
     local = list(SeedReader([str(tmp_path / "a.jsonl"), str(tmp_path / "b.parquet")]))
     assert [r["id"] for r in remote] == [r["id"] for r in local] and len(remote) == 5
+    assert remote_reader.count_rows() == 5  # the Parquet file's from its footer, read by range
     assert remote[0]["metadata"]["seed_source"] == f"{s3_bucket}/seeds/a.jsonl:1"
 
     # A spec naming seeds by URI keeps the URI, and its identity is the seeds' content, wherever they are.
