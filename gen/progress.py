@@ -1,7 +1,8 @@
 """Progress of a run: a live line on a terminal, plain periodic log lines otherwise.
 
-The line shows work items done of total, the records each stage has made so far, the share of
-committed records dropped (by stages and filters), completion tokens/s and the ETA.
+The line shows work items done, the records each stage has made so far, the share of committed
+records dropped (by stages and filters) and completion tokens/s; once the total is known (the seeds
+are counted beside the run), the line shows done of total and the ETA.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class Progress:
         self.kept = self.rejected = 0
         self.started = self._last_log = time.monotonic()
         self._done_at_start = done
+
+    def set_total(self, total: int) -> None:
+        """The work items the run is to have done, counted after it started (from another thread)."""
+        self.total = total
 
     def advance(self, records: list[Record]) -> None:
         """One work item finished, as ``records``."""
@@ -80,6 +85,10 @@ class LiveProgress(Progress):
                                  TimeRemainingColumn(), transient=False)
         self._task = self._bar.add_task("run", total=total, completed=done, stages="", rate="")
         self._bar.start()
+
+    def set_total(self, total: int) -> None:
+        super().set_total(total)
+        self._bar.update(self._task, total=total)  # rich's update holds its own lock
 
     def _show(self) -> None:
         self._bar.update(self._task, completed=self.done, stages=self.stages(), rate=self.tokens_per_s())

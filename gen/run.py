@@ -22,10 +22,11 @@ import itertools
 import logging
 import platform
 import signal
+import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,7 +106,7 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
                            concurrency=engine.capacity if engine else NO_ENGINE_CONCURRENCY)
         served_before = _served(engine)
         try:
-            asyncio.run(session.run(seed_records))
+            asyncio.run(session.run(seed_records, seeds.count_rows if seeds else None))
         finally:
             finished = time.monotonic()
             served = [after - before for after, before in zip(_served(engine), served_before)]
@@ -210,7 +211,8 @@ class _Session:
         """Intake waits above this, so a slow commit (filters, storage) bounds the driver's memory."""
         return 2 * self.spec.output.rows_per_shard
 
-    async def run(self, seeds: Iterator[Record]) -> None:
+    async def run(self, seeds: Iterator[Record], count_seeds: Callable[[], int] | None = None) -> None:
+        """``count_seeds``: the number of seeds, counted beside the run for the progress's total."""
         done = self.sink.committed
         self.resumed_shards = len(done.entries)
         source = self.stages[0] if self.stages and isinstance(self.stages[0], SourceStage) else None
@@ -219,9 +221,11 @@ class _Session:
             items: AsyncIterator[WorkItem] = source.generate(list(seeds), done)
         else:
             items = _aiter([s] for s in seeds if s["work_key"] not in done.keys)
-        # Streamed seeds are not counted ahead (that would read them twice), nor are a source's
-        # work items (they include its rejects): the progress shows what is done.
+        # Work items skipped on resume are done: the total is the seeds, done starts at the committed.
         self.progress.start(total=None, done=len(done.keys))
+        # A source's work items include its rejects, so their number is not known in advance.
+        if count_seeds is not None and not source:
+            _total_beside_the_run(count_seeds, self.progress)
         self._room.set()
         with _signals_to(self._on_signal):
             try:
@@ -441,6 +445,22 @@ class _signals_to:
     def __exit__(self, *exc):
         for number in self.installed:
             self.loop.remove_signal_handler(number)
+
+
+def _total_beside_the_run(count: Callable[[], int], progress: Progress) -> threading.Thread:
+    """Give ``progress`` its total once ``count()`` returns, counted in a daemon thread: the first
+    request does not wait for the count, nor does the end of a run that finishes first (as it
+    would for ``asyncio.to_thread``'s executor). A count that fails leaves the line without a total."""
+
+    def counted() -> None:
+        try:
+            progress.set_total(count())
+        except Exception as exc:  # noqa: BLE001 - the total is a convenience; the run reads the seeds itself
+            log.warning("the progress line has no total: counting the seeds failed: %s", exc)
+
+    thread = threading.Thread(target=counted, name="sdg-count-seeds", daemon=True)
+    thread.start()
+    return thread
 
 
 async def _aiter(items: Iterable[WorkItem]) -> AsyncIterator[WorkItem]:
