@@ -180,7 +180,8 @@ class EngineReplica:
     ) -> list[Completion]:
         """Complete a raw text prompt, or a ``messages`` list through the chat template."""
         from vllm import SamplingParams, TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.exceptions import VLLMValidationError
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if not isinstance(prompt, str):
@@ -201,6 +202,8 @@ class EngineReplica:
         decode_at_end = not params.get("stop")
         params["detokenize"] = not decode_at_end
         try:
+            if "structured_outputs" in params:  # sent as a plain mapping of vLLM's own names
+                params["structured_outputs"] = StructuredOutputsParams(**params["structured_outputs"])
             final = None
             async for output in self.engine.generate(
                 TokensPrompt(prompt_token_ids=token_ids),
@@ -211,7 +214,7 @@ class EngineReplica:
         except EngineDeadError as exc:
             self._exit_for_restart()
             raise EngineFailed(f"the vLLM engine of this replica died: {exc}") from None
-        except (ValueError, TypeError) as exc:  # vLLM's per-request validation errors
+        except (ValueError, TypeError, VLLMValidationError) as exc:  # vLLM's per-request validation errors
             return [Completion("", "error", len(token_ids), 0, str(exc))] * n
         skip_special_tokens = params.get("skip_special_tokens", True)
         return [
@@ -450,45 +453,47 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def replica_resources(cluster: dict[str, float], replicas: int, tensor_parallel_size: int) -> dict[str, float]:
-    """What one replica asks Ray for: ``tensor_parallel_size`` GPUs on a GPU cluster (vLLM then
-    runs its tensor-parallel workers as processes on those GPUs), one CPU otherwise.
+def replica_resources(cluster: dict[str, float], engines: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:
+    """What one replica of each engine asks Ray for: ``tensor_parallel_size`` GPUs on a GPU cluster
+    (vLLM then runs its tensor-parallel workers as processes on those GPUs), one CPU otherwise.
 
-    Refuses at once when the whole cluster cannot hold ``replicas`` of them: Ray would wait forever.
+    ``engines``: the spec field of each engine (``model``, ``models.1``) -> (replicas,
+    tensor_parallel_size). Every engine's replicas take their own GPUs or CPUs, so the run refuses
+    at once when the whole cluster cannot hold all of them: Ray would wait forever.
     """
-    if cluster.get("GPU", 0) > 0:
-        needed, have, unit = replicas * tensor_parallel_size, cluster["GPU"], "GPU"
-        resources = {"num_gpus": tensor_parallel_size}
-    else:
-        needed, have, unit = replicas, cluster.get("CPU", 0), "CPU"
-        resources = {"num_cpus": 1}
+    on_gpus = cluster.get("GPU", 0) > 0
+    unit, have = ("GPU", cluster["GPU"]) if on_gpus else ("CPU", cluster.get("CPU", 0))
+    needed = sum(replicas * (tensor_parallel_size if on_gpus else 1)
+                 for replicas, tensor_parallel_size in engines.values())
     if needed > have:
-        raise ResourcesUnavailable(
-            f"model.replicas ({replicas}) x model.tensor_parallel_size ({tensor_parallel_size}) needs "
-            f"{needed:g} {unit}s, the Ray cluster has {have:g}: lower them or add nodes")
-    return resources
+        asked = " + ".join(f"{field}.replicas ({replicas}) x {field}.tensor_parallel_size ({tp})"
+                           for field, (replicas, tp) in engines.items())
+        raise ResourcesUnavailable(f"{asked} needs {needed:g} {unit}s, the Ray cluster has {have:g}: "
+                                   "lower them or add nodes")
+    return {field: {"num_gpus": tp} if on_gpus else {"num_cpus": 1} for field, (_, tp) in engines.items()}
 
 
 def start_replicas(
     engine_args: dict[str, Any], replicas: int, tensor_parallel_size: int,
     max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(),
 ) -> EnginePool:
-    """Start ``replicas`` engines and wait until they serve; see :func:`launch_replicas`."""
-    return launch_replicas(engine_args, replicas, tensor_parallel_size, max_in_flight_per_replica, limits).ready()
+    """Start ``replicas`` engines of one model and wait until they serve; see :func:`launch_replicas`."""
+    [resources] = replica_resources(ray.cluster_resources(), {"model": (replicas, tensor_parallel_size)}).values()
+    return launch_replicas(engine_args, replicas, resources, max_in_flight_per_replica, limits).ready()
 
 
 def launch_replicas(
-    engine_args: dict[str, Any], replicas: int, tensor_parallel_size: int,
+    engine_args: dict[str, Any], replicas: int, resources: dict[str, float],
     max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(), log_dir: str | None = None,
+    log_name: str = "replica",
 ) -> LaunchedReplicas:
-    """Place ``replicas`` engines and let them load while the caller does other work (a run reads
-    its seeds and builds its filters meanwhile); each takes ``tensor_parallel_size`` GPUs when the
-    cluster has GPUs.
+    """Place ``replicas`` engines, each taking ``resources`` (:func:`replica_resources`), and let
+    them load while the caller does other work (a run reads its seeds and builds its filters
+    meanwhile).
 
-    ``log_dir``: each replica's output goes to ``replica-N.log`` there (a path on the replica's
+    ``log_dir``: each replica's output goes to ``{log_name}-N.log`` there (a path on the replica's
     node); by default it stays in Ray's worker logs.
     """
-    resources = replica_resources(ray.cluster_resources(), replicas, tensor_parallel_size)
     # vLLM's per-step INFO lines would drown the run's own progress in the driver's output.
     env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     # A replica whose process dies (OOM, a crashed engine, a lost node) is restarted by Ray, which
@@ -496,7 +501,7 @@ def launch_replicas(
     actor_cls = ray.remote(**resources, max_concurrency=max(1000, 2 * max_in_flight_per_replica),
                            max_restarts=limits.replica_restarts, max_task_retries=0,
                            runtime_env={"env_vars": env})(EngineReplica)
-    handles = [actor_cls.remote(engine_args, f"{log_dir}/replica-{index}.log" if log_dir else None)
+    handles = [actor_cls.remote(engine_args, f"{log_dir}/{log_name}-{index}.log" if log_dir else None)
                for index in range(replicas)]
     return LaunchedReplicas(handles, engine_args["model"], "num_gpus" in resources, max_in_flight_per_replica,
                             limits)

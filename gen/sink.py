@@ -95,7 +95,7 @@ class CommittedWork:
     def batches(self, columns: list[str] | None = None,
                 kinds: tuple[str, ...] = SHARD_KINDS) -> Iterator[list[Record]]:
         """Committed records of ``kinds``, ``columns`` only, in batches of ``READ_BATCH_ROWS``
-        (``metadata`` parsed back into a dict)."""
+        (``metadata`` and ``scores`` parsed back into dicts)."""
         for shard in self.shards(kinds):
             yield from read_batches(shard, columns)
 
@@ -113,8 +113,9 @@ def read_batches(shard: Location, columns: list[str] | None = None) -> Iterator[
         for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted):
             rows = batch.to_pylist()
             for row in rows:
-                if isinstance(row.get("metadata"), str):
-                    row["metadata"] = json.loads(row["metadata"])
+                for column in ("metadata", "scores"):
+                    if isinstance(row.get(column), str):
+                        row[column] = json.loads(row[column])
             yield rows
 
 

@@ -15,12 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from filters import FilterSpec
+from filters.score import ScoreConfig
 from gen.prompts import check_renders
 from gen.sampling import Sampling
 from gen.seeds import SeedReader
 from gen.storage import is_uri
 from gen.smollm2_model import NAME as EMBEDDED_DEFAULT_MODEL
-from gen.stages import STAGES, SourceStage, StageSpec
+from gen.stages import STAGES, SourceStage, StageConfig, StageSpec
 
 
 class _Section(BaseModel):
@@ -53,6 +54,9 @@ class ModelSpec(_Section):
     max_in_flight_per_replica: int = Field(2048, ge=1)
     """Requests kept queued per replica: well above vLLM's ``max_num_seqs`` (256 on CPU, 1024 on
     H100/H200), so that when a batch finishes together the next one is already waiting."""
+    sampling: Sampling | None = None
+    """Sampling defaults of the stages on this engine: over the spec's ``sampling``, under a
+    method's and a stage's own (a judge answers greedily while the generator samples)."""
 
     @field_validator("name")
     @classmethod
@@ -123,6 +127,10 @@ class Spec(_Section):
     seeds: SeedsSpec | None = None
     """Required unless the first stage makes its own work items from nothing (``magpie``)."""
     model: ModelSpec = ModelSpec()
+    """The one engine of the run: shorthand for ``models: [...]`` with one entry."""
+    models: list[ModelSpec] = []
+    """Several engines in one run (a generator and a stronger judge): each loads its own replicas;
+    a stage names the one it uses by ``name`` (``stages.N.model``), by default the first."""
     sampling: Sampling = Sampling()
     stages: list[StageSpec] = []
     """Empty: the seeds themselves go through the filters (what ``sdg filter`` does)."""
@@ -139,6 +147,37 @@ class Spec(_Section):
         if self.seeds is None and (not self.stages or STAGES[type(self.stages[0])].needs_seeds):
             raise ValueError("seeds: required (only a first stage like magpie makes work from nothing)")
         return self
+
+    @model_validator(mode="after")
+    def _stages_name_known_models(self) -> Spec:
+        if self.models and "model" in self.model_fields_set:
+            raise ValueError("set model (one engine) or models (several), not both")
+        names = [model.name for model in self.engines]
+        if len(set(names)) < len(names):
+            raise ValueError(f"models: each name once (got {', '.join(names)}); one engine serves every stage naming it")
+        for index, config in enumerate(self.stages):
+            if config.model is not None and config.model not in names:
+                raise ValueError(f"stages.{index}.model: no engine named {config.model!r} "
+                                 f"(models: {', '.join(names)})")
+        return self
+
+    @model_validator(mode="after")
+    def _scores_a_stage_makes(self) -> Spec:
+        made = {score for config in self.stages for score in STAGES[type(config)].scores_made(config)}
+        for index, config in enumerate(self.filters):
+            if isinstance(config, ScoreConfig) and (unknown := sorted(config.at_least.keys() - made)):
+                raise ValueError(f"filters.{index}.at_least: no stage scores {', '.join(unknown)} "
+                                 f"(scored: {', '.join(sorted(made)) or 'nothing: add a judge stage'})")
+        return self
+
+    @property
+    def engines(self) -> list[ModelSpec]:
+        """The run's engines, the first the default of every stage."""
+        return self.models or [self.model]
+
+    def model_of(self, config: StageConfig) -> ModelSpec:
+        """The engine a stage runs on."""
+        return next((m for m in self.engines if m.name == config.model), self.engines[0])
 
     @field_validator("stages")
     @classmethod
@@ -172,8 +211,9 @@ class Spec(_Section):
         copy of the project (what ``sdg submit`` runs) names them differently, and makes the same
         records. A changed input file is a changed identity, wherever it lives.
         """
+        placement = {"replicas", "max_in_flight_per_replica"}
         identity = self.model_dump(mode="json", exclude={"output": {"dir", "commit_interval_s"},
-                                                         "model": {"replicas", "max_in_flight_per_replica"},
+                                                         "model": placement, "models": {"__all__": placement},
                                                          "failures": True, "card": True})
         for holder, key in input_path_slots(identity):
             holder[key] = _content_digest(holder[key])

@@ -2,6 +2,7 @@
 
 ``DIR/timeline.jsonl`` is append-only, one JSON object a line: every ``SAMPLE_EVERY_S`` one line per
 engine replica (its completion tokens so far, the requests it holds, the requests sent again).
+Replicas are numbered across the run's engines in the spec's order, each line naming its engine.
 Each line names its run (``run``: when that invocation started), so a killed and resumed run
 keeps both parts and the report draws both. A line cut short by a kill is skipped by the reader.
 Commits over time need no line here: the commit journal has them (``committed_at``). An object
@@ -71,14 +72,14 @@ def _metrics() -> _Metrics:
 class Telemetry:
     """Samples the engine pool and records commits, into ``DIR/timeline.jsonl`` and Ray's metrics."""
 
-    def __init__(self, root: Location, engine: EnginePool | None):
-        self.engine = engine
+    def __init__(self, root: Location, engines: dict[str, EnginePool]):
+        self.engines = engines
         self.run = datetime.now(UTC).isoformat(timespec="seconds")
         self.metrics = _metrics()
         self._timeline = root.child(TIMELINE)
         # Held for the run, one line a write; in memory on an object store (see above).
         self._file = open(self._timeline.path, "a", buffering=1) if root.local else io.StringIO()  # noqa: SIM115
-        replicas = len(engine.replicas) if engine else 0
+        replicas = sum(len(pool.replicas) for pool in engines.values())
         self._tokens_seen = [0] * replicas
         self._retries_seen = [0] * replicas
 
@@ -92,21 +93,25 @@ class Telemetry:
         self.sample()
 
     def sample(self) -> None:
-        if self.engine is None:
-            return
         now = time.time()
-        tokens, retries = self.engine.completion_tokens_by_replica, self.engine.failures_by_replica
-        for replica, in_flight in enumerate(self.engine.in_flight()):
-            tags = {"replica": str(replica)}
-            if tokens[replica] > self._tokens_seen[replica]:  # a Ray counter takes positive steps only
-                self.metrics.tokens.inc(tokens[replica] - self._tokens_seen[replica], tags=tags)
-            if retries[replica] > self._retries_seen[replica]:
-                self.metrics.retried.inc(retries[replica] - self._retries_seen[replica], tags=tags)
-            self.metrics.in_flight.set(in_flight, tags=tags)
-            self._tokens_seen[replica], self._retries_seen[replica] = tokens[replica], retries[replica]
-            self._file.write(json.dumps({"run": self.run, "t": now, "replica": replica,
-                                         "completion_tokens": tokens[replica], "in_flight": in_flight,
-                                         "retried": retries[replica]}) + "\n")
+        replica = -1
+        for name, pool in self.engines.items():
+            for in_pool, in_flight in enumerate(pool.in_flight()):
+                replica += 1
+                self._sample_replica(now, name, replica, pool.completion_tokens_by_replica[in_pool],
+                                     pool.failures_by_replica[in_pool], in_flight)
+
+    def _sample_replica(self, now: float, model: str, replica: int, tokens: int, retries: int, in_flight: int) -> None:
+        tags = {"replica": str(replica)}
+        if tokens > self._tokens_seen[replica]:  # a Ray counter takes positive steps only
+            self.metrics.tokens.inc(tokens - self._tokens_seen[replica], tags=tags)
+        if retries > self._retries_seen[replica]:
+            self.metrics.retried.inc(retries - self._retries_seen[replica], tags=tags)
+        self.metrics.in_flight.set(in_flight, tags=tags)
+        self._tokens_seen[replica], self._retries_seen[replica] = tokens, retries
+        self._file.write(json.dumps({"run": self.run, "t": now, "replica": replica, "model": model,
+                                     "completion_tokens": tokens, "in_flight": in_flight,
+                                     "retried": retries}) + "\n")
 
     def committed(self, entry: dict[str, Any], seconds: float) -> None:
         """One commit of the sink (its journal entry) and the time filtering and writing it took."""

@@ -189,10 +189,26 @@ def test_replicas_that_cannot_fit_are_refused_at_once_naming_the_fields(ray_sess
         start_replicas({"model": str(tiny_model_path)}, replicas=9, tensor_parallel_size=1,
                        max_in_flight_per_replica=4)
     # On a GPU cluster (declared resources), each replica asks for its tensor-parallel GPUs.
-    assert replica_resources({"CPU": 8, "GPU": 4}, replicas=2, tensor_parallel_size=2) == {"num_gpus": 2}
+    assert replica_resources({"CPU": 8, "GPU": 4}, {"model": (2, 2)}) == {"model": {"num_gpus": 2}}
     with pytest.raises(ResourcesUnavailable, match="needs 6 GPUs, the Ray cluster has 4"):
-        replica_resources({"CPU": 8, "GPU": 4}, replicas=3, tensor_parallel_size=2)
-    assert replica_resources({"CPU": 2}, replicas=2, tensor_parallel_size=1) == {"num_cpus": 1}
+        replica_resources({"CPU": 8, "GPU": 4}, {"model": (3, 2)})
+    assert replica_resources({"CPU": 2}, {"model": (2, 1)}) == {"model": {"num_cpus": 1}}
+
+
+def test_the_replicas_of_several_engines_each_take_their_own_gpus_or_cpus():
+    # A generator (2 replicas x 1 GPU) and a judge (1 replica x 2 GPUs) fill a 4-GPU node...
+    assert replica_resources({"CPU": 16, "GPU": 4}, {"models.0": (2, 1), "models.1": (1, 2)}) == {
+        "models.0": {"num_gpus": 1}, "models.1": {"num_gpus": 2}}
+    # ...and one more judge replica does not fit beside them: refused naming every engine's fields.
+    with pytest.raises(ResourcesUnavailable, match=r"models\.0\.replicas \(2\) x models\.0\.tensor_parallel_size "
+                                                   r"\(1\) \+ models\.1\.replicas \(2\) x .* needs 6 GPUs, the Ray "
+                                                   r"cluster has 4"):
+        replica_resources({"CPU": 16, "GPU": 4}, {"models.0": (2, 1), "models.1": (2, 2)})
+    # Without GPUs every replica of every engine takes a CPU of its own.
+    assert replica_resources({"CPU": 3}, {"models.0": (2, 1), "models.1": (1, 1)}) == {
+        "models.0": {"num_cpus": 1}, "models.1": {"num_cpus": 1}}
+    with pytest.raises(ResourcesUnavailable, match="needs 3 CPUs, the Ray cluster has 2"):
+        replica_resources({"CPU": 2}, {"models.0": (2, 1), "models.1": (1, 1)})
 
 
 def test_kept_records_do_not_depend_on_filter_order_and_the_index_holds_only_what_is_kept(ray_session):

@@ -275,3 +275,83 @@ def test_the_card_and_failures_sections_are_not_part_of_a_runs_identity(tmp_path
     assert load_spec(spec, ["card.license=apache-2.0", "card.language=[fr]", "failures.request_attempts=9"]
                      ).identity() == plain
     assert load_spec(spec, ["sampling.max_tokens=33"]).identity() != plain  # what changes records does count
+
+
+TWO_MODELS = """\
+seeds:
+  paths: [seeds.jsonl]
+models:
+  - name: sdg/smollm2-135m-instruct
+    replicas: 2
+  - name: sdg/tiny-random-chat
+    sampling: {temperature: 0}
+sampling:
+  temperature: 0.7
+stages:
+  - type: respond
+  - type: judge
+    model: sdg/tiny-random-chat
+filters:
+  - type: score
+output:
+  dir: out
+"""
+
+
+def test_several_models_each_stage_on_the_one_it_names_by_default_the_first(tmp_path):
+    spec = load_spec(write(tmp_path, TWO_MODELS))
+    assert [m.name for m in spec.engines] == ["sdg/smollm2-135m-instruct", "sdg/tiny-random-chat"]
+    assert spec.model_of(spec.stages[0]).name == "sdg/smollm2-135m-instruct"
+    assert spec.model_of(spec.stages[1]).name == "sdg/tiny-random-chat"
+    # The one-model shorthand is the same thing with one engine.
+    one = load_spec(write(tmp_path, GOOD))
+    assert [m.name for m in one.engines] == ["sdg/tiny-random-chat"] and one.model_of(one.stages[0]) is one.model
+    # Replicas are placement, not identity: the same run with more replicas resumes the same dir.
+    (tmp_path / "seeds.jsonl").write_text('{"instruction": "Say hi."}\n')
+    assert load_spec(write(tmp_path, TWO_MODELS.replace("replicas: 2", "replicas: 1"))).identity() == spec.identity()
+
+
+def test_a_stage_naming_an_unknown_model_is_refused_naming_the_field(tmp_path):
+    path = write(tmp_path, TWO_MODELS.replace("model: sdg/tiny-random-chat", "model: sdg/tiny-chat"))
+    with pytest.raises(SpecError, match=r"stages\.1\.model: no engine named 'sdg/tiny-chat' \(models: "
+                                        r"sdg/smollm2-135m-instruct, sdg/tiny-random-chat\)"):
+        load_spec(path)
+    both = GOOD.replace("stages:", "models: [{name: sdg/tiny-random-chat}]\nstages:")
+    with pytest.raises(SpecError, match="set model .one engine. or models .several., not both"):
+        load_spec(write(tmp_path, both))
+    twice = TWO_MODELS.replace("sdg/smollm2-135m-instruct\n", "sdg/tiny-random-chat\n")
+    with pytest.raises(SpecError, match="models: each name once"):
+        load_spec(write(tmp_path, twice))
+
+
+def test_a_score_filter_must_ask_for_scores_a_judge_makes(tmp_path):
+    path = write(tmp_path, TWO_MODELS.replace("  - type: score", "  - type: score\n    at_least: {helpfulness: 4}"))
+    with pytest.raises(SpecError, match=r"filters\.0\.at_least: no stage scores helpfulness \(scored: accuracy\)"):
+        load_spec(path)
+    ultra = TWO_MODELS.replace("model: sdg/tiny-random-chat\n", "model: sdg/tiny-random-chat\n    rubric: ultrafeedback\n")
+    assert load_spec(write(tmp_path, ultra.replace("  - type: score", "  - type: score\n    at_least: {helpfulness: 4}")))
+    no_judge = GOOD.replace("stages:", "filters: [{type: score}]\nstages:")
+    with pytest.raises(SpecError, match="no stage scores accuracy .scored: nothing: add a judge stage"):
+        load_spec(write(tmp_path, no_judge))
+
+
+@pytest.mark.parametrize("structured, problem", [
+    ({"choice": ["yes"], "regex": "y"}, "exactly one of json, regex, choice, grammar, json_object, structural_tag "
+                                        r"\(got regex, choice\)"),
+    ({}, r"\(got none\)"),
+    ({"json": "{not json"}, "json: not a JSON schema"),
+    ({"choice": []}, r"structured_outputs\.choice: List should have at least 1 item"),
+    ({"guided_choice": ["a"]}, r"structured_outputs\.guided_choice: Extra inputs are not permitted"),
+])
+def test_structured_outputs_take_vllms_names_and_exactly_one_constraint(tmp_path, structured, problem):
+    path = write(tmp_path, GOOD.replace("  max_tokens: 32", f"  max_tokens: 32\n  structured_outputs: {json.dumps(structured)}"))
+    with pytest.raises(SpecError, match=problem):
+        load_spec(path)
+
+
+def test_structured_outputs_reach_the_sampling_params_under_vllms_names(tmp_path):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    path = write(tmp_path, GOOD.replace("  max_tokens: 32", f"  max_tokens: 32\n  structured_outputs: {{json: {json.dumps(schema)}}}"))
+    assert load_spec(path).sampling.params()["structured_outputs"] == {"json": schema}
+    stage = GOOD.replace("  - type: respond", "  - type: respond\n    sampling: {structured_outputs: {choice: ['yes', 'no']}}")
+    assert load_spec(write(tmp_path, stage)).stages[0].sampling.params() == {"structured_outputs": {"choice": ["yes", "no"]}}

@@ -266,7 +266,7 @@ def test_the_time_series_of_a_run_on_s3_is_written_whole_at_its_end_after_an_ear
 
     root = Location.of(f"{s3_bucket}/out")
     root.child("timeline.jsonl").write_bytes(b'{"run": "A", "t": 1.0, "replica": 0}\n')
-    telemetry = Telemetry(root, Engine())
+    telemetry = Telemetry(root, {"m": Engine()})
     telemetry.sample()
     assert [line["run"] for line in read_timeline(root)] == ["A"]  # nothing written while it runs
     telemetry.close()

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from gen.stages.base import SourceStage, Stage, StageConfig, StageContext, WorkItem
 from gen.stages.evol_instruct import EvolInstruct, EvolInstructConfig
+from gen.stages.judge import Judge, JudgeConfig
 from gen.stages.magpie import Magpie, MagpieConfig
 from gen.stages.respond import Respond, RespondConfig
 from gen.stages.self_chat import SelfChat, SelfChatConfig
@@ -22,6 +23,7 @@ STAGES: dict[type[StageConfig], type[Stage]] = {
     SelfChatConfig: SelfChat,
     MagpieConfig: Magpie,
     TemplateConfig: Template,
+    JudgeConfig: Judge,
 }
 
 StageSpec = Annotated[Union[tuple(STAGES)], Field(discriminator="type")]  # noqa: UP007

@@ -47,13 +47,15 @@ class StageConfig(BaseModel):
 
     sampling: Sampling | None = None
     """vLLM SamplingParams fields that override the spec's ``sampling`` for this stage only."""
+    model: str | None = None
+    """The ``name`` of the engine (``models:``) this stage runs on; default: the first."""
 
 
 @dataclass
 class StageContext:
-    engine: EnginePool | None  # None only when the spec has no LLM stage
-    model: str
-    sampling: Sampling  # the spec's sampling section
+    engine: EnginePool | None  # the stage's engine; None only when the spec has no LLM stage
+    model: str  # its name
+    sampling: Sampling  # the spec's sampling section, with the engine's own defaults on top
     prompt_overrides: dict[str, str] = field(default_factory=dict)  # template name -> file path
 
 
@@ -73,6 +75,11 @@ class Stage(ABC):
     @abstractmethod
     async def process(self, record: Record) -> list[Record]:
         """The records made from ``record`` (kept ones and ones marked dropped)."""
+
+    @classmethod
+    def scores_made(cls, config: StageConfig) -> tuple[str, ...]:
+        """The ``scores`` this stage puts on records (a judge's aspects), which a ``score`` filter may ask for."""
+        return ()
 
     def prompt(self, name: str) -> PromptTemplate:
         """A prompt template shipped in ``gen/prompts``, or the spec's override of it."""
