@@ -15,11 +15,12 @@ import sys
 import pyarrow.dataset as ds
 import pytest
 
-from gen.run import run
+from gen.run import run, used_engines
 from gen.spec import load_spec
 from tests.conftest import REPO
 
 SMOLLM2 = "sdg/smollm2-135m-instruct"
+POOLS = {SMOLLM2: "smollm2_pool", "sdg/tiny-random-chat": "engine_pool"}  # the session's engine of each
 
 # Reasons each method (and the spec's filters) documents in the README; engine failures anywhere.
 ENGINE_REASONS = {"prompt_too_long", "error"}
@@ -65,6 +66,12 @@ EXAMPLES = {
         "rounds": {None},
         "reasons": {"no_row", "template_error", "template_unsafe", "empty_instruction", "empty_output"},
     },
+    "judge": {
+        # every judged record kept: the tiny model's noise rarely earns a 5, and the test is of the run
+        "overrides": ["seeds.limit=6", "sampling.max_tokens=32", "filters.0.at_least={accuracy: 0}"],
+        "method": {"seed>respond"}, "templates": {"chat_template"}, "rounds": {None},
+        "reasons": {"unparsed_judgement", "no_response", "score_below_threshold"},
+    },
     "chained": {
         # answers at the example's 128 tokens: the response_rules filter drops cut-off ones
         "overrides": ["stages.0.target=4", "stages.0.max_requests=6", "stages.0.sampling.max_tokens=96"],
@@ -92,8 +99,8 @@ def test_example_spec_runs_end_to_end_and_resumes(name, tmp_path, request):
     expected = EXAMPLES[name]
     out = tmp_path / "out"
     spec = load_spec(REPO / "examples" / f"{name}.yaml", [*expected["overrides"], f"output.dir={out}"])
-    uses_model = spec.model.name == SMOLLM2 and name != "template"
-    engine = request.getfixturevalue("smollm2_pool") if uses_model else None
+    used = used_engines(spec)
+    engine = {model.name: request.getfixturevalue(POOLS[model.name]) for model in used} or None
 
     first = run(spec, engine=engine, progress=False)
     kept, rejected = rows(out, "data"), rows(out, "rejected")
@@ -109,7 +116,7 @@ def test_example_spec_runs_end_to_end_and_resumes(name, tmp_path, request):
         assert record["template"] in expected["templates"], record["template"]
         assert re.fullmatch(r"[0-9a-f]{16}", record["template_hash"])
         assert record["round"] in expected["rounds"], record["round"]
-        assert record["model"] == (spec.model.name if uses_model else None)
+        assert record["model"] == (spec.model_of(spec.stages[0]).name if used else None)
     assert all(r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"].strip()
                for r in kept)
 

@@ -112,3 +112,43 @@ def test_the_score_filter_keeps_records_at_or_above_every_threshold_with_the_sco
     assert score.stats() == {"kept": 1, "dropped": {"score_below_threshold": 2, "unscored": 2}}
     # The default is AlpaGasus's: accuracy at least 4.5.
     assert ScoreConfig().at_least == {"accuracy": 4.5}
+
+
+def test_a_choice_constraint_holds_on_the_real_engines_output(engine_pool):
+    choices = ["Equal", "Not Equal"]
+
+    async def ask(sampling):
+        replies = await asyncio.gather(*(engine_pool.chat([{"role": "user", "content": f"Are they equal? Case {i}."}],
+                                                          sampling, key=f"choice/{i}") for i in range(24)))
+        return [completions[0].text for completions in replies]
+
+    constrained = asyncio.run(ask({"temperature": 1.0, "max_tokens": 16, "structured_outputs": {"choice": choices}}))
+    assert len(constrained) == 24 and set(constrained) <= set(choices)
+    free = asyncio.run(ask({"temperature": 1.0, "max_tokens": 16}))
+    assert not set(free) & set(choices)  # the tiny model's own text is noise: the constraint did it
+
+
+def test_the_judges_json_schema_holds_on_the_real_engines_output_or_the_record_is_a_reject(engine_pool):
+    from gen.stages.base import StageContext
+
+    stage = Judge(JudgeConfig(rubric="ultrafeedback", sampling=Sampling(max_tokens=600)),
+                  StageContext(engine=engine_pool, model="sdg/tiny-random-chat", sampling=Sampling()))
+    records = [{**ANSWERED, "id": f"r{i}", "messages": [{"role": "user", "content": f"Name {i} colours."},
+                                                          {"role": "assistant", "content": "Red. " * i}]}
+               for i in range(1, 13)]
+
+    async def judge_all():
+        return await asyncio.gather(*(stage.process(record) for record in records))
+
+    out = [record for batch in asyncio.run(judge_all()) for record in batch]
+    assert len(out) == 12
+    for record in out:
+        if is_dropped(record):  # only an answer cut at max_tokens can fail to parse
+            assert record["_drop"]["reason"] == "unparsed_judgement"
+            assert record["_drop"]["evidence"]["finish_reason"] == "length"
+        else:
+            assert set(record["scores"]) == set(RUBRICS["ultrafeedback"].aspects)
+            assert all(isinstance(v, int) and 1 <= v <= 5 for v in record["scores"].values())
+            assert isinstance(record["rationale"], str) and len(record["rationale"]) <= 600
+    assert sum(not is_dropped(r) for r in out) >= 6, [r["_drop"]["evidence"] for r in out if is_dropped(r)]
+    assert stage.completion_tokens > 0

@@ -45,8 +45,9 @@ RUBRICS = {
 }
 
 # A judgement is not sampled: the same record gets the same rating on every run (AlpaGasus and
-# UltraFeedback used their judges' API defaults; greedy is the reproducible choice).
-JUDGE_SAMPLING = Sampling(temperature=0.0, max_tokens=384)
+# UltraFeedback used their judges' API defaults; greedy is the reproducible choice). It must end,
+# whatever the generation's settings: the schema's object closes, then the end of sequence.
+JUDGE_SAMPLING = Sampling(temperature=0.0, max_tokens=384, ignore_eos=False)
 RATIONALE_MAX_CHARS = 600  # bounds the rationale, so that a judge rambling on is cut by the schema, not by max_tokens
 
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
