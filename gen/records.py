@@ -42,6 +42,8 @@ SCHEMA = pa.schema(
         ("metadata", pa.string()),  # JSON object
         ("scores", pa.string()),  # JSON object: a judge's score per aspect (null when not judged)
         ("rationale", pa.string()),  # the judge's reasons for them
+        ("chosen", MESSAGES_TYPE),  # a preference pair (the pairs stage): the better-rated conversation
+        ("rejected", MESSAGES_TYPE),  # and the worse one, as TRL's DPOTrainer reads them
         ("work_key", pa.string()),  # the unit of resume: all records of one work item commit together
         ("drop_filter", pa.string()),  # the stage or filter that rejected it
         ("drop_reason", pa.string()),

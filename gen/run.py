@@ -42,7 +42,7 @@ from gen.seeds import SeedReader
 from gen.sink import ShardSink
 from gen.sampling import Sampling
 from gen.spec import ModelSpec, Spec
-from gen.stages import STAGES, SourceStage, Stage, StageConfig, StageContext, WorkItem, build_stage
+from gen.stages import STAGES, GroupStage, SourceStage, Stage, StageConfig, StageContext, WorkItem, build_stage
 from gen.stages.judge import Judge
 from gen.telemetry import Telemetry
 
@@ -402,19 +402,24 @@ class _Session:
         finished = [record for record in item if is_dropped(record)]  # a source stage's rejects
         current = [record for record in item if not is_dropped(record)]
         for stage in stages:
-            results = await asyncio.gather(*(self._process(stage, r) for r in current))
+            # A group stage sees the work item's records together (the answers to one instruction).
+            groups = ([current] if current else []) if isinstance(stage, GroupStage) else [[r] for r in current]
+            results = await asyncio.gather(*(self._process(stage, group) for group in groups))
             current = []
             for record in (r for batch in results for r in batch):
                 (finished if is_dropped(record) else current).append(record)
         return finished + current
 
-    async def _process(self, stage: Stage, record: Record) -> list[Record]:
+    async def _process(self, stage: Stage, records: list[Record]) -> list[Record]:
+        """``stage`` on one record, or on a group of them for a group stage."""
         from jinja2 import TemplateError
 
         from cluster.engine import EngineUnavailable
 
         try:
-            return await stage.process(record)
+            if isinstance(stage, GroupStage):
+                return await stage.process_group(records)
+            return await stage.process(records[0])
         except (EngineUnavailable, RunStopped):
             raise
         except TemplateError as exc:  # a prompt file's mistake: every record would fail alike
@@ -422,7 +427,7 @@ class _Session:
         except Exception as exc:  # noqa: BLE001 - one bad record must not kill the run
             self.stage_errors += 1
             if self.stage_errors == 1:
-                log.error("stage %s failed on record %s:\n%s", stage.name, record.get("id"), traceback.format_exc())
+                log.error("stage %s failed on record %s:\n%s", stage.name, records[0].get("id"), traceback.format_exc())
             failures = self.spec.failures
             if (self.stage_errors >= failures.min_stage_errors
                     and self.stage_errors > failures.max_stage_error_rate * max(self.items_finished, 1)):
@@ -430,7 +435,7 @@ class _Session:
                     f"stage {stage.name} raised on {self.stage_errors} of {self.items_finished + 1} work items "
                     f"(over failures.max_stage_error_rate {failures.max_stage_error_rate:g}); the first "
                     f"error is logged above; last: {exc!r}") from exc
-            return [drop(dict(record), stage.name, STAGE_ERROR, error=repr(exc))]
+            return [drop(dict(record), stage.name, STAGE_ERROR, error=repr(exc)) for record in records]
 
     async def _commit(self, force: bool) -> None:
         """Commit buffered work items as shards of about ``rows_per_shard`` records.

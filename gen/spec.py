@@ -163,7 +163,11 @@ class Spec(_Section):
 
     @model_validator(mode="after")
     def _scores_a_stage_makes(self) -> Spec:
-        made = {score for config in self.stages for score in STAGES[type(config)].scores_made(config)}
+        made: set[str] = set()
+        for index, config in enumerate(self.stages):
+            if config.type == "pairs" and not made:
+                raise ValueError(f"stages.{index}: pairs compares scored answers: put a judge stage before it")
+            made.update(STAGES[type(config)].scores_made(config))
         for index, config in enumerate(self.filters):
             if isinstance(config, ScoreConfig) and (unknown := sorted(config.at_least.keys() - made)):
                 raise ValueError(f"filters.{index}.at_least: no stage scores {', '.join(unknown)} "

@@ -355,3 +355,11 @@ def test_structured_outputs_reach_the_sampling_params_under_vllms_names(tmp_path
     assert load_spec(path).sampling.params()["structured_outputs"] == {"json": schema}
     stage = GOOD.replace("  - type: respond", "  - type: respond\n    sampling: {structured_outputs: {choice: ['yes', 'no']}}")
     assert load_spec(write(tmp_path, stage)).stages[0].sampling.params() == {"structured_outputs": {"choice": ["yes", "no"]}}
+
+
+def test_pairs_needs_a_judge_before_it(tmp_path):
+    path = write(tmp_path, GOOD.replace("  - type: respond", "  - type: respond\n  - type: pairs"))
+    with pytest.raises(SpecError, match=r"stages\.1: pairs compares scored answers: put a judge stage before it"):
+        load_spec(path)
+    judged = GOOD.replace("  - type: respond", "  - type: respond\n    sampling: {n: 4}\n  - type: judge\n  - type: pairs")
+    assert [c.type for c in load_spec(write(tmp_path, judged)).stages] == ["respond", "judge", "pairs"]

@@ -7,10 +7,11 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from gen.stages.base import SourceStage, Stage, StageConfig, StageContext, WorkItem
+from gen.stages.base import GroupStage, SourceStage, Stage, StageConfig, StageContext, WorkItem
 from gen.stages.evol_instruct import EvolInstruct, EvolInstructConfig
 from gen.stages.judge import Judge, JudgeConfig
 from gen.stages.magpie import Magpie, MagpieConfig
+from gen.stages.pairs import Pairs, PairsConfig
 from gen.stages.respond import Respond, RespondConfig
 from gen.stages.self_chat import SelfChat, SelfChatConfig
 from gen.stages.self_instruct import SelfInstruct, SelfInstructConfig
@@ -24,6 +25,7 @@ STAGES: dict[type[StageConfig], type[Stage]] = {
     MagpieConfig: Magpie,
     TemplateConfig: Template,
     JudgeConfig: Judge,
+    PairsConfig: Pairs,
 }
 
 StageSpec = Annotated[Union[tuple(STAGES)], Field(discriminator="type")]  # noqa: UP007
@@ -33,5 +35,5 @@ def build_stage(config: StageConfig, ctx: StageContext) -> Stage:
     return STAGES[type(config)](config, ctx)
 
 
-__all__ = ["STAGES", "SourceStage", "Stage", "StageConfig", "StageContext", "StageSpec", "WorkItem",
+__all__ = ["STAGES", "GroupStage", "SourceStage", "Stage", "StageConfig", "StageContext", "StageSpec", "WorkItem",
            "build_stage"]

@@ -1,11 +1,13 @@
 """The contract every generation stage follows.
 
-A stage turns records into records. Two kinds:
+A stage turns records into records. Three kinds:
 
 * :class:`Stage` (a map stage: ``respond``, ``evol_instruct``, ``self_chat``, ``template``) gets
   one record and returns the records it makes from it, possibly none, possibly several; a record it
   rejects (unparseable output, an elimination rule, a prompt too long for the model) is returned
   marked with :func:`gen.records.drop` so it lands in ``rejected/``, never silently lost.
+* :class:`GroupStage` (``pairs``) is a map stage that gets all the records of one work item at
+  once (the answers ``respond`` made with ``n > 1``), to compare them.
 * :class:`SourceStage` (``self_instruct``, ``magpie``) stands first in a spec and yields new work
   items from the whole seed set, e.g. a growing instruction pool. A work item is a list of records
   sharing one ``work_key`` (a task and all its instances): they are committed together or not at
@@ -129,6 +131,18 @@ class Stage(ABC):
             record["completion_tokens"] += completion.completion_tokens
             record["finish_reason"] = completion.finish_reason
         return record
+
+
+class GroupStage(Stage):
+    """A map stage that sees together the records one work item holds when they reach it (the n
+    answers to one instruction), to compare them; it returns the records it makes from them."""
+
+    async def process(self, record: Record) -> list[Record]:
+        return await self.process_group([record])
+
+    @abstractmethod
+    async def process_group(self, records: list[Record]) -> list[Record]:
+        """The records made from ``records`` (kept ones and ones marked dropped)."""
 
 
 class SourceStage(Stage):
