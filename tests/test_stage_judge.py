@@ -37,10 +37,11 @@ def test_the_rubric_and_its_json_schema_reach_the_engine_greedy_whatever_the_spe
     assert "scale of 0 to 5" in prompt  # AlpaGasus's rating
     # The method's decoding wins over the spec's sampling; the schema rides along under vLLM's names.
     assert request.sampling["temperature"] == 0.0 and request.sampling["max_tokens"] == 384
-    assert request.sampling["structured_outputs"] == {"json": judgement_schema(RUBRICS["alpagasus"])}
+    assert request.sampling["structured_outputs"] == {"json": judgement_schema(RUBRICS["alpagasus"], 600)}
     schema = request.sampling["structured_outputs"]["json"]
     assert schema["required"] == ["accuracy", "rationale"]
     assert schema["properties"]["accuracy"] == {"type": "integer", "minimum": 0, "maximum": 5}
+    assert schema["properties"]["rationale"] == {"type": "string", "maxLength": 600}
     # A stage's own sampling wins over the method's; structured: false sends no constraint.
     _, engine, _ = judged('{"accuracy": 5, "rationale": ""}', JudgeConfig(
         structured=False, sampling=Sampling(max_tokens=100)))

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import Field
+
 from gen.records import Record, drop, instruction_of, response_of
 from gen.sampling import Sampling, StructuredOutputs
 from gen.stages.base import Stage, StageConfig, StageContext
@@ -48,7 +50,6 @@ RUBRICS = {
 # UltraFeedback used their judges' API defaults; greedy is the reproducible choice). It must end,
 # whatever the generation's settings: the schema's object closes, then the end of sequence.
 JUDGE_SAMPLING = Sampling(temperature=0.0, max_tokens=384, ignore_eos=False)
-RATIONALE_MAX_CHARS = 600  # bounds the rationale, so that a judge rambling on is cut by the schema, not by max_tokens
 
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
@@ -61,13 +62,16 @@ class JudgeConfig(StageConfig):
     structured: bool = True
     """Constrain the answer to the rubric's JSON object (a JSON schema); off: free text, from which
     the first JSON object is parsed."""
+    rationale_max_chars: int = Field(600, ge=1)
+    """The schema's bound on the rationale: a judge rambling on is cut by the schema, its object
+    closed, instead of by ``max_tokens`` (a reject)."""
 
 
-def judgement_schema(rubric: Rubric) -> dict[str, Any]:
+def judgement_schema(rubric: Rubric, rationale_max_chars: int) -> dict[str, Any]:
     """The JSON schema of the judge's answer: every score an integer in range, then the rationale."""
     scores = {aspect: {"type": "integer", "minimum": rubric.low, "maximum": rubric.high} for aspect in rubric.aspects}
     return {"type": "object",
-            "properties": {**scores, "rationale": {"type": "string", "maxLength": RATIONALE_MAX_CHARS}},
+            "properties": {**scores, "rationale": {"type": "string", "maxLength": rationale_max_chars}},
             "required": [*rubric.aspects, "rationale"], "additionalProperties": False}
 
 
@@ -107,7 +111,7 @@ class Judge(Stage):
         method = JUDGE_SAMPLING
         if config.structured:
             method = JUDGE_SAMPLING.model_copy(
-                update={"structured_outputs": StructuredOutputs(json=judgement_schema(self.rubric))})
+                update={"structured_outputs": StructuredOutputs(json=judgement_schema(self.rubric, config.rationale_max_chars))})
         self.sampling = {**layered_sampling(ctx, method, config.sampling), "n": 1}
         self.template = self.prompt(self.rubric.prompt)
         self.prompt_tokens = 0
