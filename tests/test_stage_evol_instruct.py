@@ -83,6 +83,11 @@ def test_rewrites_judgements_and_answers_get_their_own_sampling():
     assert rewrites == [{"temperature": 1.0, "max_tokens": 64, "n": 1}] * 2  # WizardLM: ChatGPT's default
     assert judgements == [{"temperature": 0.0, "max_tokens": 8, "n": 1}] * 2
     assert answers == [{"temperature": 0.7, "max_tokens": 200, "n": 1}] * 2
+    # The structured mode sends the two answers as a choice, under vLLM's name.
+    engines.clear()
+    run(evolving_replies(), EvolInstructConfig(rounds=1, ops=["deepen"], structured_equality=True), engines)
+    assert engines[0].sampling_of(asked("Are they equal")) == [
+        {"temperature": 0.0, "max_tokens": 8, "n": 1, "structured_outputs": {"choice": ["Equal", "Not Equal"]}}]
 
 
 def test_eliminated_evolutions_go_to_rejected_with_their_rule():

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import Field
 
 from gen.records import Record, drop, instruction_of, is_dropped
-from gen.sampling import Sampling
+from gen.sampling import Sampling, StructuredOutputs
 from gen.stages.base import Stage, StageConfig, StageContext
 from gen.stages.common import failure, layered_sampling
 
@@ -41,6 +41,9 @@ class EvolInstructConfig(StageConfig):
     check_equality: bool = True
     """Ask the model whether the evolved instruction equals the original (elimination rule 1, as
     the paper does with ChatGPT); an answer that is neither "equal" nor "not equal" keeps it."""
+    structured_equality: bool = False
+    """Constrain the equality answer to "Equal" or "Not Equal" (a ``choice`` structured output), so
+    that every judgement is one of the two instead of free text that keeps the evolution."""
     apology_max_words: int = Field(80, ge=1)
     """Rule 2: a response containing "sorry" and shorter than this many words is eliminated."""
     evolve_sampling: Sampling | None = None
@@ -50,6 +53,7 @@ class EvolInstructConfig(StageConfig):
 # Rewriting is creative but must stay on topic; WizardLM used ChatGPT at its defaults (temperature 1).
 EVOLVE_SAMPLING = Sampling(temperature=1.0, max_tokens=2048)
 JUDGE_SAMPLING = Sampling(temperature=0.0, max_tokens=8)
+EQUALITY_ANSWERS = ("Equal", "Not Equal")
 RESPONSE_SAMPLING = Sampling()  # the spec's sampling decides how answers are written
 
 # Rule 4 (the paper): the rewrite leaks the rewriting prompt's own scaffolding.
@@ -103,7 +107,10 @@ class EvolInstruct(Stage):
     def __init__(self, config: EvolInstructConfig, ctx: StageContext):
         super().__init__(config, ctx)
         self.evolve_sampling = layered_sampling(ctx, EVOLVE_SAMPLING, config.evolve_sampling)
-        self.judge_sampling = layered_sampling(ctx, JUDGE_SAMPLING, None)
+        judge = JUDGE_SAMPLING
+        if config.structured_equality:
+            judge = judge.model_copy(update={"structured_outputs": StructuredOutputs(choice=list(EQUALITY_ANSWERS))})
+        self.judge_sampling = layered_sampling(ctx, judge, None)
         self.sampling = layered_sampling(ctx, RESPONSE_SAMPLING, config.sampling)
         self.in_depth = self.prompt("evol_in_depth")
         self.in_breadth = self.prompt("evol_in_breadth")
