@@ -108,6 +108,8 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
                 restate_warnings(engine_logs)
         else:
             engines = engine if isinstance(engine, dict) else {model.name: engine for model in used if engine}
+            if missing := [model.name for model in used if model.name not in engines]:
+                raise ConfigurationError(f"run(engine=...): no pool for the engine(s) {', '.join(missing)}")
         engine_ready = time.monotonic()
         stages = [build_stage(config, _stage_context(spec, config, engines)) for config in spec.stages]
         telemetry = Telemetry(sink.root, engines)
@@ -162,10 +164,16 @@ def _stage_context(spec: Spec, config: StageConfig, engines: dict[str, EnginePoo
                         sampling=Sampling(**spec.sampling.merged(model.sampling)), prompt_overrides=spec.prompts)
 
 
-def start_engines(spec: Spec) -> dict[str, EnginePool]:
-    """The spec's engines, started and serving (for callers that share them across runs)."""
-    launched = launch_engines(spec, {model.name: local_path(model.name) for model in used_engines(spec)})
-    return {name: replicas.ready() for name, replicas in launched.items()}
+def start_engine(spec: Spec, name: str | None = None) -> EnginePool:
+    """One engine of the spec (``name``; by default the first), started and serving, for callers
+    that share it across runs (``run(spec, engine=...)``)."""
+    import ray
+
+    from cluster.engine import replica_resources
+
+    model = next(m for m in spec.engines if name is None or m.name == name)
+    [resources] = replica_resources(ray.cluster_resources(), {"model": (model.replicas, model.tensor_parallel_size)}).values()
+    return launch_engine(spec, model, local_path(model.name), resources).ready()
 
 
 def launch_engines(spec: Spec, model_paths: dict[str, str], log_dir: Path | None = None) -> dict[str, LaunchedReplicas]:
