@@ -16,6 +16,7 @@ from stage_fakes import Committed, ScriptedEngine, collect, completion, context
 from gen.novelty import NoveltyIndex, rouge_l, rouge_tokens
 from gen.records import is_dropped
 from gen.stages.self_instruct import (
+    LIST_REGEX,
     SelfInstruct,
     SelfInstructConfig,
     clean_instances,
@@ -259,6 +260,20 @@ def test_list_requests_use_the_papers_decoding_under_the_stages_own_overrides():
     for sampling in engine.sampling_of(lambda p: p.startswith("Come up with a series of tasks")):
         assert sampling == {"temperature": 0.7, "top_p": 0.5, "presence_penalty": 2.0, "max_tokens": 128,
                             "stop": ["\n\n", "\n16", "16.", "16 ."], "seed": 3, "n": 1}
+    # The structured mode adds the list's shape as a regex, under vLLM's name.
+    engine = ScriptedEngine(fresh_list, capacity=2)
+    stage = SelfInstruct(config.model_copy(update={"structured_list": True}), context(engine))
+    asyncio.run(collect(stage.generate(seed_records(), Committed())))
+    for sampling in engine.sampling_of(lambda p: p.startswith("Come up with a series of tasks")):
+        assert sampling["structured_outputs"] == {"regex": LIST_REGEX}
+
+
+def test_the_list_regex_matches_what_the_paper_splits():
+    continuation = " Name a fruit.\n10. Sort the numbers 3, 1, 2.\n11. Write a haiku about rain."
+    assert re.fullmatch(LIST_REGEX, continuation)
+    assert parse_instruction_list(continuation) == ["Name a fruit.", "Sort the numbers 3, 1, 2.",
+                                                    "Write a haiku about rain."]
+    assert not re.fullmatch(LIST_REGEX, " Name a fruit.\n\nSome prose after the list.")
 
 
 # ------------------------------------------------------------------ the real engine

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 from filters.quality import InstructionRules, InstructionRulesConfig
 from gen.novelty import DEFAULT_THRESHOLD, NoveltyIndex
 from gen.records import Record, content_id, drop
-from gen.sampling import Sampling
+from gen.sampling import Sampling, StructuredOutputs
 from gen.stages.base import SourceStage, StageConfig, StageContext, WorkItem
 from gen.stages.common import failure, layered_sampling
 
@@ -76,6 +76,9 @@ class SelfInstructConfig(StageConfig):
     candidate is machine-written, so ``applies_to`` does not matter here."""
     instance_sampling: Sampling | None = None
     """Overrides for the classification question and instance requests (``sampling`` covers the list)."""
+    structured_list: bool = False
+    """Constrain the continued list to its numbered shape (a ``regex`` structured output: the rest of
+    the open item, then ``N. text`` lines), so that it always splits into items as the paper splits it."""
 
     @model_validator(mode="after")
     def _seeds_in_every_prompt(self) -> SelfInstructConfig:
@@ -97,6 +100,8 @@ CLASSIFICATION_QUESTION_SAMPLING = Sampling(temperature=0.0, max_tokens=3, stop=
 
 FEW_SHOT_TASKS = 4  # seed tasks shown as worked examples in the instance and classification prompts
 _LIST_ITEM = re.compile(r"\n\d+\s?\. ")  # the paper's split of the continued list
+# The continuation of "... 9." as the split above reads it: the open item's text, then numbered items.
+LIST_REGEX = r" [^\n]+(\n[0-9]+\. [^\n]+)*"
 _EXAMPLE_HEADER = re.compile(r"^\s*Example\s*\d+\s*:?\s*$", re.MULTILINE)
 _CLASS_LABEL = re.compile(r"^\s*Class label\s*:", re.MULTILINE)
 # A small model mixes the two formats and ends a labelled input with an "Output:" line of its own.
@@ -195,7 +200,10 @@ class SelfInstruct(SourceStage):
 
     def __init__(self, config: SelfInstructConfig, ctx: StageContext):
         super().__init__(config, ctx)
-        self.sampling = layered_sampling(ctx, LIST_SAMPLING, config.sampling)
+        listing = LIST_SAMPLING
+        if config.structured_list:
+            listing = listing.model_copy(update={"structured_outputs": StructuredOutputs(regex=LIST_REGEX)})
+        self.sampling = layered_sampling(ctx, listing, config.sampling)
         self.instance_sampling = layered_sampling(ctx, INSTANCE_SAMPLING, config.instance_sampling)
         self.question_sampling = layered_sampling(ctx, CLASSIFICATION_QUESTION_SAMPLING, config.instance_sampling)
         self.rules = InstructionRules(config.instruction_rules)
