@@ -18,7 +18,7 @@ import jinja2
 
 from gen.report.card import write_card
 from gen.report.figures import draw
-from gen.report.measures import TEXT_SAMPLE, measure
+from gen.report.measures import TEXT_SAMPLE, engine_names, measure
 from gen.storage import Location
 
 PAGE = "report.html"
@@ -37,7 +37,7 @@ def write_report(root: str | Path | Location) -> Location:
     spec = measures.manifest.get("spec", {})
     page = environment.get_template("page.html.j2").render(
         m=measures, manifest=measures.manifest, title=str(root), sample=TEXT_SAMPLE,
-        model=spec.get("model", {}).get("name", "unknown"),
+        model=", ".join(engine_names(spec)) or "unknown",
         written=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         plots={name: "data:image/png;base64," + base64.b64encode(png).decode() for name, png in plots.items()})
     page_file = root.child(PAGE)

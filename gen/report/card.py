@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import jinja2
 import yaml
 
-from gen.report.measures import Measures
+from gen.report.measures import Measures, engine_names
 from gen.storage import Location
 
 CARD = "README.md"
@@ -43,7 +43,7 @@ def write_card(m: Measures) -> Location:
     environment = jinja2.Environment(loader=jinja2.PackageLoader("gen.report", ""), keep_trailing_newline=True)
     text = environment.get_template("card.md.j2").render(
         front_matter=yaml.safe_dump(front, sort_keys=False), title=card.get("pretty_name") or m.root.name,
-        model=spec.get("model", {}).get("name", "unknown"), date=datetime.now(UTC).strftime("%Y-%m-%d"),
+        model=", ".join(engine_names(spec)) or "unknown", date=datetime.now(UTC).strftime("%Y-%m-%d"),
         totals=totals, status=m.manifest.get("status", "unknown"),
         sampling={name: value for name, value in spec.get("sampling", {}).items() if value is not None},
         stages=spec.get("stages", []), filters=spec.get("filters", []), drops=m.drops,

@@ -131,7 +131,7 @@ def _examples(m: Measures, kept: list[Record], rejected: list[Record]) -> None:
 def _lengths(m: Measures, records: list[Record]) -> None:
     instructions = [instruction_of(r) for r in records]
     responses = [response_of(r) for r in records if response_of(r)]
-    tokenizer = _tokenizer(m.manifest.get("spec", {}).get("model", {}).get("name"))
+    tokenizer = _tokenizer(next(iter(engine_names(m.manifest.get("spec", {}))), None))  # the default engine's
     if tokenizer is None:
         m.instruction_lengths = [len(text.split()) for text in instructions]
         m.response_lengths = [len(text.split()) for text in responses]
@@ -140,6 +140,11 @@ def _lengths(m: Measures, records: list[Record]) -> None:
         m.instruction_lengths = [len(e.ids) for e in tokenizer.encode_batch(instructions, add_special_tokens=False)]
         m.response_lengths = [len(e.ids) for e in tokenizer.encode_batch(responses, add_special_tokens=False)]
     m.turns = Counter(sum(message["role"] == "user" for message in r["messages"]) for r in records)
+
+
+def engine_names(spec: dict) -> list[str]:
+    """The models a spec (as the manifest holds it) names: its ``models``, or its one ``model``."""
+    return [model["name"] for model in spec.get("models") or [spec.get("model") or {}] if "name" in model]
 
 
 def _tokenizer(model: str | None):
