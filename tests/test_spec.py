@@ -363,3 +363,19 @@ def test_pairs_needs_a_judge_before_it(tmp_path):
         load_spec(path)
     judged = GOOD.replace("  - type: respond", "  - type: respond\n    sampling: {n: 4}\n  - type: judge\n  - type: pairs")
     assert [c.type for c in load_spec(write(tmp_path, judged)).stages] == ["respond", "judge", "pairs"]
+
+
+def test_only_engines_a_stage_uses_start_and_each_stage_gets_its_engines_sampling_defaults(tmp_path):
+    from gen.run import _stage_context, used_engines
+
+    spec = load_spec(write(tmp_path, TWO_MODELS))
+    pools = {"sdg/smollm2-135m-instruct": "generator pool", "sdg/tiny-random-chat": "judge pool"}
+    generate, judge = (_stage_context(spec, config, pools) for config in spec.stages)
+    assert (generate.engine, generate.model) == ("generator pool", "sdg/smollm2-135m-instruct")
+    assert (judge.engine, judge.model) == ("judge pool", "sdg/tiny-random-chat")
+    # The engine's sampling defaults sit over the spec's: the judge's engine samples greedily.
+    assert generate.sampling.temperature == 0.7 and judge.sampling.temperature == 0
+    assert [m.name for m in used_engines(spec)] == list(pools)
+    # An engine no stage names is not started.
+    alone = load_spec(write(tmp_path, TWO_MODELS.replace("    model: sdg/tiny-random-chat\n", "")))
+    assert [m.name for m in used_engines(alone)] == ["sdg/smollm2-135m-instruct"]
