@@ -37,7 +37,8 @@ def test_the_rubric_and_its_json_schema_reach_the_engine_greedy_whatever_the_spe
     assert "scale of 0 to 5" in prompt  # AlpaGasus's rating
     # The method's decoding wins over the spec's sampling; the schema rides along under vLLM's names.
     assert request.sampling["temperature"] == 0.0 and request.sampling["max_tokens"] == 384
-    assert request.sampling["structured_outputs"] == {"json": judgement_schema(RUBRICS["alpagasus"], 600)}
+    assert request.sampling["structured_outputs"] == {"json": judgement_schema(RUBRICS["alpagasus"], 600),
+                                                      "disable_any_whitespace": True}
     schema = request.sampling["structured_outputs"]["json"]
     assert schema["required"] == ["accuracy", "rationale"]
     assert schema["properties"]["accuracy"] == {"type": "integer", "minimum": 0, "maximum": 5}

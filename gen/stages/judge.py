@@ -111,7 +111,9 @@ class Judge(Stage):
         method = JUDGE_SAMPLING
         if config.structured:
             method = JUDGE_SAMPLING.model_copy(
-                update={"structured_outputs": StructuredOutputs(json=judgement_schema(self.rubric, config.rationale_max_chars))})
+                # Compact JSON: a judge that would pad the object with whitespace cannot.
+                update={"structured_outputs": StructuredOutputs(json=judgement_schema(self.rubric, config.rationale_max_chars),
+                                                                disable_any_whitespace=True)})
         self.sampling = {**layered_sampling(ctx, method, config.sampling), "n": 1}
         self.template = self.prompt(self.rubric.prompt)
         self.prompt_tokens = 0
