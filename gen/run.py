@@ -64,7 +64,7 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
     """Run ``spec`` to completion (or resume it) and return the manifest.
 
     ``engine``: replicas already started (a notebook or a test running several specs on one
-    model), by engine name, or one pool for every engine of the spec; they are left running. By
+    model): the pool of a one-engine spec, or a pool per engine name; they are left running. By
     default the run starts and stops its own.
     ``report``: describe the finished output (``DIR/report.html``, the dataset card ``DIR/README.md``).
     Raises a :class:`gen.errors.RunStopped` when the run ends early; the manifest is written then too.
@@ -107,6 +107,8 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
             if engine_logs:
                 restate_warnings(engine_logs)
         else:
+            if engine is not None and not isinstance(engine, dict) and len(used) > 1:
+                raise ConfigurationError("run(engine=...): the spec uses several engines: pass a pool for each, by name")
             engines = engine if isinstance(engine, dict) else {model.name: engine for model in used if engine}
             if missing := [model.name for model in used if model.name not in engines]:
                 raise ConfigurationError(f"run(engine=...): no pool for the engine(s) {', '.join(missing)}")
