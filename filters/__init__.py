@@ -10,6 +10,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from filters.base import Drop, Filter, FilterChain, FilterConfig, StateLost, Verdict
+from filters.classifier import Classifier, ClassifierConfig
 from filters.decontam import Decontamination, DecontaminationConfig
 from filters.dedup import Dedup, DedupConfig
 from filters.langid import LanguageId, LanguageIdConfig
@@ -38,6 +39,7 @@ FILTERS: dict[type[FilterConfig], type[Filter]] = {
     DedupConfig: Dedup,
     DecontaminationConfig: Decontamination,
     ScoreConfig: Score,
+    ClassifierConfig: Classifier,
 }
 
 FilterSpec = Annotated[Union[tuple(FILTERS)], Field(discriminator="type")]  # noqa: UP007
