@@ -18,9 +18,9 @@ CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object", "structural_
 class StructuredOutputs(BaseModel):
     """vLLM 0.28's ``StructuredOutputsParams``, by its own names: exactly one constraint (a JSON
     schema, a regex, a choice of strings, a grammar, any JSON object, a structural tag) that every
-    token the model samples must keep satisfiable, so what it returns parses. The engine's
-    ``structured_outputs_config`` picks the backend (``auto``: xgrammar, else guidance, else
-    outlines; all three ship with vLLM, on CPU too)."""
+    token the model samples must keep satisfiable, so what it returns parses. vLLM's ``auto``
+    backend picks xgrammar, else guidance, else outlines by what the constraint uses; all three
+    ship with vLLM, and its CPU model runner applies their token masks."""
 
     # vLLM's ``json`` would shadow pydantic's BaseModel.json: held as json_schema, read and
     # written as ``json``.
