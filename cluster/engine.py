@@ -105,6 +105,7 @@ class EngineReplica:
             _output_to(log_path)  # before vLLM starts its processes, which inherit it
         started = time.monotonic()
         from vllm import AsyncEngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.platforms import current_platform
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -118,7 +119,13 @@ class EngineReplica:
         # An offline batch workload: vLLM's LLM-class defaults (larger max_num_seqs and
         # max_num_batched_tokens than its server defaults; no periodic stats) fit it, as they
         # fit the bare LLM.generate sdg is measured against.
-        args = AsyncEngineArgs(**{**defaults, **engine_args})
+        # Structured outputs are parsed, never read by people: compact JSON, so that a model cannot
+        # pad an object with whitespace until max_tokens. vLLM 0.28 takes this per engine only, and
+        # only with a named backend: xgrammar, its first choice. The spec's engine_args replace it.
+        structured = engine_args.get("structured_outputs_config") or {"backend": "xgrammar",
+                                                                      "disable_any_whitespace": True}
+        args = AsyncEngineArgs(**{**defaults, **engine_args,
+                                  "structured_outputs_config": StructuredOutputsConfig(**structured)})
         self.engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
         self.startup = {"import_s": imported - started, "engine_init_s": time.monotonic() - imported}
         self.tokenizer = self.engine.get_tokenizer()

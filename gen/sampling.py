@@ -18,9 +18,9 @@ CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object", "structural_
 class StructuredOutputs(BaseModel):
     """vLLM 0.28's ``StructuredOutputsParams``, by its own names: exactly one constraint (a JSON
     schema, a regex, a choice of strings, a grammar, any JSON object, a structural tag) that every
-    token the model samples must keep satisfiable, so what it returns parses. vLLM's ``auto``
-    backend picks xgrammar, else guidance, else outlines by what the constraint uses; all three
-    ship with vLLM, and its CPU model runner applies their token masks."""
+    token the model samples must keep satisfiable, so what it returns parses. The engine's
+    backend applies it (sdg's engines: xgrammar, see ``cluster/engine.py``; vLLM's CPU model
+    runner applies its token masks)."""
 
     # vLLM's ``json`` would shadow pydantic's BaseModel.json: held as json_schema, read and
     # written as ``json``.
@@ -34,9 +34,9 @@ class StructuredOutputs(BaseModel):
     """An EBNF (or Lark, for guidance) grammar."""
     json_object: Literal[True] | None = None
     structural_tag: str | None = None
-    disable_any_whitespace: bool | None = None
-    disable_additional_properties: bool | None = None
-    whitespace_pattern: str | None = None
+    # vLLM 0.28's request also has disable_any_whitespace, disable_additional_properties and
+    # whitespace_pattern, which its backends ignore (they read the engine's config): not offered
+    # here, so that no setting is accepted and silently ignored. sdg's engines write compact JSON.
 
     @model_validator(mode="after")
     def _one_constraint(self) -> StructuredOutputs:

@@ -37,8 +37,7 @@ def test_the_rubric_and_its_json_schema_reach_the_engine_greedy_whatever_the_spe
     assert "scale of 0 to 5" in prompt  # AlpaGasus's rating
     # The method's decoding wins over the spec's sampling; the schema rides along under vLLM's names.
     assert request.sampling["temperature"] == 0.0 and request.sampling["max_tokens"] == 384
-    assert request.sampling["structured_outputs"] == {"json": judgement_schema(RUBRICS["alpagasus"], 600),
-                                                      "disable_any_whitespace": True}
+    assert request.sampling["structured_outputs"] == {"json": judgement_schema(RUBRICS["alpagasus"], 600)}
     schema = request.sampling["structured_outputs"]["json"]
     assert schema["required"] == ["accuracy", "rationale"]
     assert schema["properties"]["accuracy"] == {"type": "integer", "minimum": 0, "maximum": 5}
@@ -91,6 +90,9 @@ def test_a_judgement_that_does_not_parse_is_a_reject_with_the_output_as_evidence
 def test_free_text_around_the_object_still_parses_and_engine_failures_keep_their_reason():
     assert parse_judgement('Sure! {"accuracy": 3, "rationale": "meh"} Hope this helps.', RUBRICS["alpagasus"]) == (
         {"accuracy": 3}, "meh")
+    # A control character inside the rationale (xgrammar's strings admit them) does not fail it.
+    assert parse_judgement('{"accuracy": 0, "rationale": "a\x11b\tc"}', RUBRICS["alpagasus"]) == (
+        {"accuracy": 0}, "a\x11b\tc")
     out, _, _ = judged("", finish_reason="prompt_too_long")
     assert out["_drop"]["reason"] == "prompt_too_long"
     unanswered = {**ANSWERED, "messages": ANSWERED["messages"][:1]}

@@ -81,7 +81,8 @@ stages:
   - type: respond
     sampling: {n: 4}
   - type: judge
-    sampling: {max_tokens: 600}
+    rationale_max_chars: 100
+    sampling: {max_tokens: 400, temperature: 1.0}  # greedy, the tiny model gives every answer one score
   - type: pairs
     min_margin: 1
 output: {dir: out}
@@ -91,7 +92,7 @@ output: {dir: out}
     dropped = manifest["totals"]["dropped"]
     pairs_made = manifest["totals"]["kept"]
     # 6 seeds x 4 answers: each answer is paired, unpaired or an unparsed judgement; plus the pairs.
-    assert pairs_made > 0 and manifest["totals"]["records"] == 24 + pairs_made
+    assert pairs_made > 0 and manifest["totals"]["records"] == 24 + pairs_made, dropped
     assert sum(dropped.get("pairs", {}).values()) + dropped.get("judge", {}).get("unparsed_judgement", 0) == 24
     data = datasets.load_dataset(str(out))["data"] if pairs_made else []
     answers_paired = 0

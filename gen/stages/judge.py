@@ -81,7 +81,9 @@ def parse_judgement(text: str, rubric: Rubric) -> tuple[dict[str, int | float], 
     if found is None:
         raise ValueError("no JSON object")
     try:
-        answer = json.loads(found.group(0))
+        # xgrammar's JSON strings admit raw control characters (a tab, \x11), which strict JSON
+        # does not: the structure is what the schema guarantees, so they are read as they are.
+        answer = json.loads(found.group(0), strict=False)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
     if not isinstance(answer, dict):
@@ -111,9 +113,7 @@ class Judge(Stage):
         method = JUDGE_SAMPLING
         if config.structured:
             method = JUDGE_SAMPLING.model_copy(
-                # Compact JSON: a judge that would pad the object with whitespace cannot.
-                update={"structured_outputs": StructuredOutputs(json=judgement_schema(self.rubric, config.rationale_max_chars),
-                                                                disable_any_whitespace=True)})
+                update={"structured_outputs": StructuredOutputs(json=judgement_schema(self.rubric, config.rationale_max_chars))})
         self.sampling = {**layered_sampling(ctx, method, config.sampling), "n": 1}
         self.template = self.prompt(self.rubric.prompt)
         self.prompt_tokens = 0
