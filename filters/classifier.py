@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 
 from filters.base import Drop, Filter, FilterConfig, Verdict
 from filters.text import TextField, text_of
+from gen.errors import ConfigurationError
 from gen.records import Record
 from gen.storage import Location
 
@@ -72,7 +73,7 @@ class Classifier(Filter):
         self._label = _LABEL_PREFIX + config.label
         if self._label not in self._model.labels:
             known = ", ".join(label.removeprefix(_LABEL_PREFIX) for label in self._model.labels)
-            raise ValueError(f"classifier: {config.model_path} has no label {config.label!r} (its labels: {known})")
+            raise ConfigurationError(f"classifier: {config.model_path} has no label {config.label!r} (its labels: {known})")
 
     def judge(self, records: list[Record]) -> list[Verdict]:
         # predict() refuses "\n"; a space keeps the words on either side apart.

@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from filters import FilterSpec, build_chain
 from filters.classifier import Classifier, ClassifierConfig
 from filters.text import text_of
+from gen.errors import ConfigurationError
 from gen.records import response_of
 from gen.spec import SpecError, load_spec
 from tests.labelled_answers import GOOD_ANSWERS, read_good, refusal, with_response
@@ -131,7 +132,7 @@ def test_built_from_a_spec_entry_by_build_chain(model_path, answers):
 
 
 def test_a_label_the_model_does_not_have_is_an_error_naming_its_labels(model_path):
-    with pytest.raises(ValueError, match=r"has no label 'hq' \(its labels: (good, refused|refused, good)\)"):
+    with pytest.raises(ConfigurationError, match=r"has no label 'hq' \(its labels: (good, refused|refused, good)\)"):
         classifier(model_path, label="hq")
 
 
