@@ -10,6 +10,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from filters.base import Drop, Filter, FilterChain, FilterConfig, StateLost, Verdict
+from filters.classifier import Classifier, ClassifierConfig
 from filters.decontam import Decontamination, DecontaminationConfig
 from filters.dedup import Dedup, DedupConfig
 from filters.langid import LanguageId, LanguageIdConfig
@@ -34,6 +35,7 @@ FILTERS: dict[type[FilterConfig], type[Filter]] = {
     GopherRepetitionConfig: GopherRepetition,
     GopherQualityConfig: GopherQuality,
     LanguageIdConfig: LanguageId,
+    ClassifierConfig: Classifier,
     DedupConfig: Dedup,
     DecontaminationConfig: Decontamination,
 }
