@@ -505,8 +505,9 @@ def launch_replicas(
     env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     # A replica whose process dies (OOM, a crashed engine, a lost node) is restarted by Ray, which
     # reloads the model. Its requests are not retried by Ray: the pool sends them to a healthy replica.
+    # Spread over the nodes: a lost node takes as few replicas with it as the cluster allows.
     actor_cls = ray.remote(**resources, max_concurrency=max(1000, 2 * max_in_flight_per_replica),
-                           max_restarts=limits.replica_restarts, max_task_retries=0,
+                           max_restarts=limits.replica_restarts, max_task_retries=0, scheduling_strategy="SPREAD",
                            runtime_env={"env_vars": env})(EngineReplica)
     handles = [actor_cls.remote(engine_args, f"{log_dir}/{log_name}-{index}.log" if log_dir else None)
                for index in range(replicas)]

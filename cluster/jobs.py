@@ -75,9 +75,9 @@ def submit(spec_path: Path, address: str, overrides: Sequence[str] = ()) -> str:
 
 
 def _relative_input_files(spec_path: Path) -> list[Path]:
-    """The input files (seeds, prompts, benchmarks) the spec names relative to itself, globs
-    expanded as the seed reader expands them. Read from the spec file as written: inputs that an
-    override names are not shipped, so they must be absolute paths on the cluster."""
+    """The input files (seeds, prompts, benchmarks, filters' models) the spec names relative to
+    itself, globs expanded as the seed reader expands them. Read from the spec file as written:
+    inputs that an override names are not shipped, so they must be absolute paths on the cluster."""
     data = yaml.safe_load(spec_path.read_text(encoding="utf-8")) or {}
     files = []
     for holder, key in input_path_slots(data):

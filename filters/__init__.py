@@ -36,10 +36,10 @@ FILTERS: dict[type[FilterConfig], type[Filter]] = {
     GopherRepetitionConfig: GopherRepetition,
     GopherQualityConfig: GopherQuality,
     LanguageIdConfig: LanguageId,
+    ClassifierConfig: Classifier,
     DedupConfig: Dedup,
     DecontaminationConfig: Decontamination,
     ScoreConfig: Score,
-    ClassifierConfig: Classifier,
 }
 
 FilterSpec = Annotated[Union[tuple(FILTERS)], Field(discriminator="type")]  # noqa: UP007

@@ -279,8 +279,8 @@ def _apply_override(data: dict, override: str, path: Path) -> None:
 
 
 def input_path_slots(data: dict) -> list[tuple[dict | list, str | int]]:
-    """Where a raw spec names input files (seeds, prompt overrides, decontamination benchmarks),
-    as (container, key) pairs. These are relative to the spec file; outputs are not."""
+    """Where a raw spec names input files (seeds, prompt overrides, decontamination benchmarks,
+    filters' models), as (container, key) pairs. These are relative to the spec file; outputs are not."""
     slots: list[tuple[dict | list, str | int]] = []
     seeds = data.get("seeds")
     if isinstance(seeds, dict) and isinstance(seeds.get("paths"), list):
@@ -290,6 +290,8 @@ def input_path_slots(data: dict) -> list[tuple[dict | list, str | int]]:
     for f in data.get("filters") or []:
         if isinstance(f, dict) and isinstance(f.get("benchmarks"), list):
             slots += [(b, "path") for b in f["benchmarks"] if isinstance(b, dict) and "path" in b]
+        if isinstance(f, dict) and "model_path" in f:
+            slots.append((f, "model_path"))
     return [(holder, key) for holder, key in slots if isinstance(holder[key], str)]
 
 

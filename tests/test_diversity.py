@@ -1,8 +1,11 @@
 """The Self-Instruct paper's diversity measures (gen/diversity.py) on instructions with known answers."""
 
+import random
+
 import pytest
 
-from gen.diversity import distinct_n, nearest_rouge_l, verb_object, verb_object_counts
+from gen.diversity import distinct_n, nearest_rouge_l, nearest_rouge_l_among, verb_object, verb_object_counts
+from gen.novelty import rouge_l, rouge_tokens
 
 
 @pytest.mark.parametrize("instruction, expected", [
@@ -38,3 +41,14 @@ def test_nearest_rouge_l_is_the_best_match_over_references():
                              ["write a poem about the moon", "compose a song"])
     assert scores[0] == pytest.approx(5 / 6)  # LCS 5 of 6 words on both sides
     assert scores[1] == 0.0
+
+
+def test_all_pairs_rouge_l_equals_rouge_scores_own():
+    rng = random.Random(3)
+    vocabulary = [f"w{i}" for i in range(40)]
+    texts = [" ".join(rng.choices(vocabulary, k=rng.randint(1, 25))) for _ in range(60)]
+    expected = [max(rouge_l(rouge_tokens(texts[i]), rouge_tokens(texts[j])) for j in range(60) if j != i)
+                for i in range(60)]
+    assert nearest_rouge_l_among(texts, range(60)) == pytest.approx(expected)
+    assert nearest_rouge_l(texts[:10], texts[10:]) == pytest.approx(
+        [max(rouge_l(rouge_tokens(t), rouge_tokens(r)) for r in texts[10:]) for t in texts[:10]])

@@ -73,8 +73,11 @@ EXAMPLES = {
         "reasons": {"unparsed_judgement", "no_response", "score_below_threshold"},
     },
     "chained": {
-        # answers at the example's 128 tokens: the response_rules filter drops cut-off ones
-        "overrides": ["stages.0.target=4", "stages.0.max_requests=6", "stages.0.sampling.max_tokens=96"],
+        # SmolLM2 cuts off about half its answers at the example's 128 tokens (response_rules
+        # drops them), so 4 answers were all cut off in one run out of a few; 6 at 256 tokens
+        # leave something to keep.
+        "overrides": ["stages.0.target=6", "stages.0.max_requests=8", "stages.0.sampling.max_tokens=96",
+                      "sampling.max_tokens=256"],
         "method": {"self_instruct>evol_instruct>respond", "self_instruct>evol_instruct", "self_instruct"},
         "templates": {"chat_template", "evol_in_depth", "evol_in_breadth", "self_instruct"},
         "rounds": {1, 2, 3},

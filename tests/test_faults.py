@@ -290,29 +290,39 @@ def test_a_truncated_shard_found_on_resume_is_set_aside_and_its_work_made_again(
 
 
 NODE_LOSS_SCRIPT = """
-import json, os, sys, threading, time
+import json, sys, threading, time
 sys.path.insert(0, {repo!r})
 import ray
 from ray.cluster_utils import Cluster
 from gen.run import run, start_engine
 from gen.spec import load_spec
+from pathlib import Path
+from tests.runs import commits
 
 cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 0}})
-nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
 cluster.wait_for_nodes()
 ray.init(address=cluster.address)
-spec = load_spec({spec!r}, ["output.dir={output}"])
+spec = load_spec({spec!r}, ["output.dir={output}", "model.replicas=2"])
 engine = start_engine(spec)
-node_of = lambda: ray.get(engine.replicas[0].__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()))
-before = node_of()
+def node_of(replica):
+    # the run can finish on the other replica while this one is still restarting
+    for _ in range(600):
+        try:
+            return ray.get(replica.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()))
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(1)
+nodes_of = lambda: [node_of(r) for r in engine.replicas]
+before = nodes_of()
 result = {{}}
 runner = threading.Thread(target=lambda: result.update(run(spec, engine=engine, progress=False)))
 runner.start()
-while not [f for f in os.listdir("{output}/_commits") if f.endswith(".json")]:
+while not commits(Path("{output}")):
     time.sleep(0.05)
-cluster.remove_node(next(n for n in nodes if n.node_id == before))
+cluster.remove_node(next(n for n in nodes if n.node_id == before[0]))
 runner.join()
-print("RESULT " + json.dumps({{"node_before": before, "node_after": node_of(), "this_run": result["this_run"]}}))
+print("RESULT " + json.dumps({{"nodes_before": before, "nodes_after": nodes_of(), "removed": before[0],
+                              "this_run": result["this_run"]}}))
 engine.shutdown()
 ray.shutdown()
 cluster.shutdown()
@@ -321,8 +331,9 @@ cluster.shutdown()
 
 @pytest.mark.multinode
 def test_a_node_removed_mid_run_moves_its_replica_and_loses_nothing(tmp_path, engine_pool, reference, sdg_env):
-    """A multi-node cluster (ray.cluster_utils.Cluster, in its own process); the node holding the
-    replica goes away after the first commit; Ray restarts the replica on the other node."""
+    """A three-node cluster (ray.cluster_utils.Cluster, in its own process) with two replicas,
+    spread over two raylets; the node of one goes away after the first commit; Ray restarts that
+    replica on the third node."""
     import subprocess
 
     spec_path, clusters = near_duplicate_pairs(tmp_path, PAIRS)
@@ -335,7 +346,9 @@ def test_a_node_removed_mid_run_moves_its_replica_and_loses_nothing(tmp_path, en
     lines = [line for line in finished.stdout.splitlines() if line.startswith("RESULT ")]
     assert finished.returncode == 0 and lines, finished.stderr[-4000:]
     result = json.loads(lines[0].removeprefix("RESULT "))
+    before, after, removed = result["nodes_before"], result["nodes_after"], result["removed"]
+    assert len(set(before)) == 2 and len(set(after)) == 2  # one replica per raylet, before and after
+    assert removed in before and removed not in after
     assert result["this_run"]["infrastructure_failures"] > 0
-    assert result["node_after"] != result["node_before"]
     assert_same_records(output, reference[0])
     assert_one_kept_per_cluster(output, clusters)

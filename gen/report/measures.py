@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from filters.quality import has_machine_instruction, instruction_without_input
-from gen.diversity import distinct_n, nearest_rouge_l, verb_object_counts
+from gen.diversity import distinct_n, nearest_rouge_l, nearest_rouge_l_among, verb_object_counts
 from gen.embedded_models import EMBEDDED_MODELS, cache_root
 from gen.records import Record, instruction_of, response_of
 from gen.storage import Location
@@ -28,7 +28,6 @@ from gen.telemetry import read_timeline
 
 TEXT_SAMPLE = 2000  # records of each kind whose text is measured
 RATE_WINDOW_S = 10.0  # tokens are counted when a request finishes: a rate over 1 s would be all bursts
-ROUGE_SAMPLE = 200  # instructions whose nearest neighbour is searched: ~35k ROUGE-L pairs, ~100 us each
 EXAMPLES_PER_REASON = 3
 KEPT_EXAMPLES = 5
 TOP_VERB_OBJECTS = 20
@@ -180,21 +179,17 @@ def _languages(m: Measures, kept_counts: list[Record], kept: list[Record]) -> No
 def _diversity(m: Measures, records: list[Record]) -> None:
     """Self-Instruct's measures: ROUGE-L of each written instruction with its most similar seed,
     or, when no stage wrote instructions, of each instruction with its most similar other one
-    (on ``ROUGE_SAMPLE`` of them: all pairs are quadratic)."""
+    (all pairs of the text sample: 2,000 x 2,000 take under a second)."""
     written = [instruction_without_input(r) for r in records if has_machine_instruction(r)]
-    rng = random.Random(0)
     if written:
         seeds = sorted({r["metadata"].get("seed_instruction") for r in records} - {None, ""})
         seeds = seeds or _seed_instructions(m.manifest)
-        probes = rng.sample(written, min(ROUGE_SAMPLE, len(written)))
-        m.rouge_to_nearest = nearest_rouge_l(probes, seeds) if seeds else []
+        m.rouge_to_nearest = nearest_rouge_l(written, seeds) if seeds else []
         m.rouge_against = f"its most similar seed instruction ({len(seeds)} seeds)"
         instructions = written
     else:
         instructions = sorted({instruction_without_input(r) for r in records})
-        probes = rng.sample(range(len(instructions)), min(ROUGE_SAMPLE, len(instructions)))
-        m.rouge_to_nearest = [nearest_rouge_l([instructions[i]], instructions[:i] + instructions[i + 1:])[0]
-                              for i in probes] if len(instructions) > 1 else []
+        m.rouge_to_nearest = nearest_rouge_l_among(instructions, range(len(instructions)))
         m.rouge_against = "its most similar other instruction (no stage wrote instructions in this run)"
     m.instructions_measured = len(instructions)
     pairs, without = verb_object_counts(instructions)
