@@ -150,9 +150,8 @@ class ShardSink:
     def _check_identity(self, identity: dict[str, Any]) -> None:
         path = self.root.child("spec.json")
         if path.exists():
-            previous = json.loads(path.read_bytes())
-            if previous != identity:
-                changed = sorted(_diff(previous, identity))
+            changed = sorted(_diff(json.loads(path.read_bytes()), identity))
+            if changed:
                 raise OutputError(
                     f"output.dir {self.root} holds a run of a different spec (changed: "
                     f"{', '.join(changed)}); resume with the same spec or use another dir")
@@ -371,9 +370,14 @@ def _damage(shard: Location, size: int | None, files: dict[str, Any]) -> str | N
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
+    """The fields two identities disagree on. A field only one of them has counts as the same when
+    it is off there (null, false, 0, empty): a spec field added to sdg with a default that keeps
+    the old behaviour leaves the runs made before it resumable."""
     if isinstance(a, dict) and isinstance(b, dict):
         out: set[str] = set()
         for key in a.keys() | b.keys():
+            if (key in a) != (key in b) and not a.get(key, b.get(key)):
+                continue
             out |= _diff(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return set() if a == b else {prefix.rstrip(".")}

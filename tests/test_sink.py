@@ -90,6 +90,14 @@ def test_a_dir_of_another_spec_is_refused_naming_what_changed(tmp_path):
         open_sink(tmp_path, {"sampling": {"temperature": 0.9}, "model": "m"})
 
 
+def test_a_field_added_to_sdg_switched_off_resumes_runs_made_before_it(tmp_path):
+    open_sink(tmp_path, {"sampling": {"temperature": 0.7}, "model": "m"}).close()
+    open_sink(tmp_path, {"sampling": {"temperature": 0.7, "structured_outputs": None}, "model": "m",
+                         "stages": [], "structured": False}).close()
+    with pytest.raises(OutputError, match=r"different spec \(changed: sampling.structured_outputs\)"):
+        open_sink(tmp_path, {"sampling": {"temperature": 0.7, "structured_outputs": {"choice": ["a"]}}, "model": "m"})
+
+
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a dir")
