@@ -71,6 +71,17 @@ def test_dataset_card_loads_both_splits(described):
     assert "| respond | prompt_too_long | 1 |" in card
 
 
+def test_another_output_dir_of_the_same_name_loads_its_own_rows(described, tmp_path, engine_pool):
+    """datasets caches a local dir by its name and card config: the card must differ per run."""
+    datasets = pytest.importorskip("datasets")
+    out, _ = described
+    datasets.load_dataset(str(out))  # cached under the name "out"
+    other = tmp_path / "out"
+    second = run(load_spec(make_spec(tmp_path, 3), [f"output.dir={other}"]), engine=engine_pool, progress=False)
+    loaded = datasets.load_dataset(str(other))
+    assert sum(split.num_rows for split in loaded.values()) == second["totals"]["records"] == 3
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_report_renders_in_chromium(described, tmp_path):
     from playwright.sync_api import sync_playwright

@@ -26,13 +26,17 @@ def size_category(records: int) -> str:
 
 
 def write_card(m: Measures) -> Location:
+    """The splits name their shards one by one, not by a ``data/*.parquet`` pattern: ``datasets``
+    caches a local dir by its name and its card's config, not by the files' content, so with a
+    pattern a second output dir named ``out`` loads the first one's cached rows. Shard names hold
+    their run's random writer token, so every run's card is its own."""
     spec = m.manifest.get("spec", {})
     card = spec.get("card", {})
     totals = m.manifest.get("totals", {})
     front = {
         "configs": [{"config_name": "default", "data_files": [
-            {"split": split, "path": f"{split}/*.parquet"} for split in SPLITS
-            if m.root.child(split).files(".parquet")]}],
+            {"split": split, "path": shards} for split in SPLITS
+            if (shards := [f"{split}/{shard.name}" for shard in m.root.child(split).files(".parquet")])]}],
         "license": card.get("license", "unknown"),
         **({"language": language} if (language := card.get("language") or _languages(m)) else {}),
         "task_categories": card.get("task_categories", ["text-generation"]),
