@@ -68,7 +68,8 @@ EXAMPLES = {
     },
     "judge": {
         # every judged record kept: the tiny model's noise rarely earns a 5, and the test is of the run
-        "overrides": ["seeds.limit=6", "sampling.max_tokens=32", "filters.0.at_least={accuracy: 0}"],
+        "overrides": ["seeds.limit=4", "sampling.max_tokens=32", "stages.1.rationale_max_chars=100",
+                      "filters.0.at_least={accuracy: 0}"],
         "method": {"seed>respond"}, "templates": {"chat_template"}, "rounds": {None},
         "reasons": {"unparsed_judgement", "no_response", "score_below_threshold"},
     },
@@ -105,7 +106,7 @@ def test_example_spec_runs_end_to_end_and_resumes(name, tmp_path, request):
     used = used_engines(spec)
     engine = {model.name: request.getfixturevalue(POOLS[model.name]) for model in used} or None
 
-    first = run(spec, engine=engine, progress=False)
+    first = run(spec, engine=engine, progress=False, report=False)
     kept, rejected = rows(out, "data"), rows(out, "rejected")
     totals = first["totals"]
     assert len(kept) + len(rejected) == totals["records"] > 0
@@ -123,7 +124,7 @@ def test_example_spec_runs_end_to_end_and_resumes(name, tmp_path, request):
     assert all(r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"].strip()
                for r in kept)
 
-    second = run(spec, engine=engine, progress=False)
+    second = run(spec, engine=engine, progress=False, report=False)
     assert second["this_run"]["completion_tokens"] == 0
     assert second["totals"] == totals
     assert {r["id"] for r in rows(out, "data")} == {r["id"] for r in kept}

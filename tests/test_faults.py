@@ -60,7 +60,7 @@ def reference(tmp_path_factory, engine_pool):
     """The uninterrupted run every faulted run is compared with."""
     root = tmp_path_factory.mktemp("reference")
     spec_path, clusters = near_duplicate_pairs(root, PAIRS)
-    run(load_spec(spec_path, [f"output.dir={root / 'out'}"]), engine=engine_pool, progress=False)
+    run(load_spec(spec_path, [f"output.dir={root / 'out'}"]), engine=engine_pool, progress=False, report=False)
     return root / "out", clusters
 
 
@@ -74,7 +74,7 @@ def faulted(tmp_path: Path, fault, engine, *overrides: str):
 
     def go():
         try:
-            result["manifest"] = run(spec, engine=engine, progress=False)
+            result["manifest"] = run(spec, engine=engine, progress=False, report=False)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
             result["error"] = exc
 
@@ -196,7 +196,7 @@ def test_sigterm_commits_what_is_complete_exits_saying_how_to_resume_and_leaves_
         assert 0 < manifest["totals"]["work_items"] < 2 * PAIRS
     finally:
         kill_group(process, signal.SIGKILL)
-    resumed = run(load_spec(spec_path, [f"output.dir={output}"]), engine=engine_pool, progress=False)
+    resumed = run(load_spec(spec_path, [f"output.dir={output}"]), engine=engine_pool, progress=False, report=False)
     assert resumed["status"] == "complete"
     assert_same_records(output, reference[0])
     assert_one_kept_per_cluster(output, clusters)
@@ -204,7 +204,8 @@ def test_sigterm_commits_what_is_complete_exits_saying_how_to_resume_and_leaves_
 
 def test_driver_killed_at_random_points_resumes_with_nothing_lost_or_duplicated(
         tmp_path, engine_pool, sdg_env, reference, ray_session):
-    """kill -9 of the driver, three times at random moments, resumed each time, then finished."""
+    """kill -9 of the driver, twice at random moments, resumed each time, then finished (chaos.py
+    kills it many more times in one long run)."""
     seed = random.randrange(1 << 30)
     print(f"kill points drawn with random.Random({seed})")
     rng = random.Random(seed)
@@ -213,7 +214,7 @@ def test_driver_killed_at_random_points_resumes_with_nothing_lost_or_duplicated(
     # The subprocesses join this session's cluster: a kill leaves no Ray of theirs behind.
     address = ray.get_runtime_context().gcs_address
     shards_before: dict[str, bytes] = {}
-    for kill in range(3):
+    for kill in range(2):
         log = tmp_path / f"run{kill}.log"
         # Four requests in flight: the tiny engine would otherwise finish all 600 before a kill.
         process = start_sdg_run(spec_path, output, sdg_env, log, "--address", address,
@@ -227,8 +228,8 @@ def test_driver_killed_at_random_points_resumes_with_nothing_lost_or_duplicated(
         for path in sorted((output / "data").glob("part-*.parquet")):
             shards_before.setdefault(path.name, path.read_bytes())
     assert 0 < sum(1 for _ in (output / "_commits").glob("*.json"))
-    resumed = run(load_spec(spec_path, [f"output.dir={output}"]), engine=engine_pool, progress=False)
-    assert resumed["this_run"]["resumed_from_shards"] >= 3
+    resumed = run(load_spec(spec_path, [f"output.dir={output}"]), engine=engine_pool, progress=False, report=False)
+    assert resumed["this_run"]["resumed_from_shards"] >= 2
     assert_same_records(output, reference[0])
     assert_one_kept_per_cluster(output, clusters)
     for name, content in shards_before.items():  # committed shards were kept as they were
@@ -269,7 +270,7 @@ def test_a_failing_shard_write_stops_generation_at_once_and_the_run_resumes(tmp_
     assert 0 < committed < 860
     # stopped at the failure: far from every seed was generated
     assert manifest["this_run"]["completion_tokens"] < 800 * 48
-    resumed = run(load_spec(spec_path, [f"output.dir={output}"]), engine=engine_pool, progress=False)
+    resumed = run(load_spec(spec_path, [f"output.dir={output}"]), engine=engine_pool, progress=False, report=False)
     assert resumed["totals"]["work_items"] == 860 == resumed["totals"]["records"]
     assert resumed["totals"]["dropped"] == {"respond": {"prompt_too_long": 60}}
 
@@ -280,7 +281,7 @@ def test_a_truncated_shard_found_on_resume_is_set_aside_and_its_work_made_again(
     damaged = next((output / "data").glob("part-00002-*.parquet"))
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     spec_path, clusters = near_duplicate_pairs(tmp_path, PAIRS)
-    resumed = run(load_spec(spec_path, [f"output.dir={output}"]), engine=engine_pool, progress=False)
+    resumed = run(load_spec(spec_path, [f"output.dir={output}"]), engine=engine_pool, progress=False, report=False)
     assert (output / "_quarantine" / "00002").is_dir()
     assert resumed["this_run"]["completion_tokens"] > 0  # the set-aside work items were made again
     assert_same_records(output, reference[0])
@@ -315,7 +316,7 @@ def node_of(replica):
 nodes_of = lambda: [node_of(r) for r in engine.replicas]
 before = nodes_of()
 result = {{}}
-runner = threading.Thread(target=lambda: result.update(run(spec, engine=engine, progress=False)))
+runner = threading.Thread(target=lambda: result.update(run(spec, engine=engine, progress=False, report=False)))
 runner.start()
 while not commits(Path("{output}")):
     time.sleep(0.05)

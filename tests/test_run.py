@@ -15,7 +15,7 @@ def test_run_writes_shards_and_manifest_and_loses_nothing(tmp_path, engine_pool)
     too_long = json.dumps({"instruction": "word " * 2000})
     duplicate = json.dumps({"instruction": "Explain topic number 3 in detail, please.", "input": " "})
     spec = load_spec(make_spec(tmp_path, 40, [too_long, duplicate]), [f"output.dir={tmp_path / 'out'}"])
-    manifest = run(spec, engine=engine_pool, progress=False)
+    manifest = run(spec, engine=engine_pool, progress=False, report=False)
     out = tmp_path / "out"
     kept, rejected = ids_of(out, "data"), ids_of(out, "rejected")
     totals = manifest["totals"]
@@ -75,7 +75,7 @@ output: {{dir: out}}
     spec_path = tmp_path / "spec.yaml"
     spec = load_spec(spec_path, [f"output.dir={tmp_path / 'out'}"])
     engines = {"sdg/tiny-random-chat": own_pool(), judge_name: own_pool()}
-    manifest = run(spec, engine=engines, progress=False)
+    manifest = run(spec, engine=engines, progress=False, report=False)
     kept = pq.read_table(tmp_path / "out" / "data").to_pylist()
     rejected = pq.read_table(tmp_path / "out" / "rejected").to_pylist() if manifest["totals"]["rejected"] else []
     assert len(kept) + len(rejected) == 12 and kept

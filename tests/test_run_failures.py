@@ -57,10 +57,10 @@ def test_a_work_item_whose_task_raises_stops_the_run_and_is_not_committed(tmp_pa
 
     spec = load_spec(spec_path, [f"output.dir={tmp_path / 'out'}", "filters=[]"])
     with pytest.raises(EngineUnavailable):
-        run(spec, engine=FlakyEngine(fail), progress=False)
+        run(spec, engine=FlakyEngine(fail), progress=False, report=False)
     committed = ids_of(tmp_path / "out", "data")
     assert 0 < len(committed) < 60  # what finished before the error is kept
-    resumed = run(spec, engine=engine_pool, progress=False)
+    resumed = run(spec, engine=engine_pool, progress=False, report=False)
     assert resumed["totals"]["records"] == 60 == len(set(ids_of(tmp_path / "out", "data")))
     assert resumed["status"] == "complete"
 
@@ -73,7 +73,7 @@ def test_stage_code_that_keeps_raising_stops_the_run_and_its_rejects_are_not_com
         raise KeyError("a bug in stage code")
 
     with pytest.raises(TooManyStageErrors, match="max_stage_error_rate"):
-        run(spec, engine=FlakyEngine(always), progress=False)
+        run(spec, engine=FlakyEngine(always), progress=False, report=False)
     assert ids_of(tmp_path / "out", "rejected") == []  # resumed after the fix, they are made again
 
 
@@ -84,7 +84,7 @@ def test_a_rare_stage_error_is_one_reject_and_the_run_completes(tmp_path):
         if "number 5 " in instruction:
             raise KeyError("one odd record")
 
-    manifest = run(spec, engine=FlakyEngine(once), progress=False)
+    manifest = run(spec, engine=FlakyEngine(once), progress=False, report=False)
     assert manifest["totals"]["dropped"] == {"respond": {"stage_error": 1}}
     assert manifest["totals"]["kept"] == 99
 
@@ -101,7 +101,7 @@ def test_a_slow_commit_makes_intake_wait_so_the_buffer_stays_bounded(tmp_path, e
     monkeypatch.setattr(_Session, "_filter_and_commit", slow_commit)
     spec = load_spec(make_spec(tmp_path, 400), [f"output.dir={tmp_path / 'out'}", "output.rows_per_shard=20",
                                                 "sampling.max_tokens=8"])
-    manifest = run(spec, engine=engine_pool, progress=False)
+    manifest = run(spec, engine=engine_pool, progress=False, report=False)
     assert manifest["totals"]["records"] == 400
     # 2 x rows_per_shard, plus what the work items in flight at that moment brought
     assert max(peaks) <= 2 * 20 + engine_pool.capacity
@@ -175,7 +175,7 @@ def test_per_request_seeds_are_distinct_and_reproducible_as_sent_to_the_engine(t
         actor = ray.remote(recording_replica_class()).remote()
         pool = EnginePool([actor], ray.get(actor.info.remote()), max_in_flight_per_replica=4)
         spec = load_spec(tmp_path / "magpie.yaml", [f"output.dir={tmp_path / f'run{run_number}'}"])
-        run(spec, engine=pool, progress=False)
+        run(spec, engine=pool, progress=False, report=False)
         sent.append(ray.get(actor.seen.remote()))
         ray.kill(actor)
     instruction_seeds = [sorted(s["seed"] for s in received if s["temperature"] == 1.0) for received in sent]

@@ -172,7 +172,7 @@ def test_quickstart_on_s3_killed_after_its_first_commit_resumes_with_nothing_los
     Location.of(seeds).write_bytes((REPO / "examples" / "seeds.jsonl").read_bytes())
     overrides = quickstart_on_tiny_model(seeds)
     reference = tmp_path / "reference"
-    run(load_spec(quickstart, [*overrides, f"output.dir={reference}"]), engine=engine_pool, progress=False)
+    run(load_spec(quickstart, [*overrides, f"output.dir={reference}"]), engine=engine_pool, progress=False, report=False)
     shards_whole_run = len(list((reference / "_commits").glob("*.json")))
 
     output, log = f"{s3_bucket}/out", tmp_path / "run.log"
@@ -194,7 +194,7 @@ def test_quickstart_on_s3_killed_after_its_first_commit_resumes_with_nothing_los
     committed_at_kill = len(journals.files(".json"))
     assert 0 < committed_at_kill < shards_whole_run, "the kill must land mid-run"
 
-    resumed = run(load_spec(quickstart, [*overrides, f"output.dir={output}"]), engine=engine_pool, progress=False)
+    resumed = run(load_spec(quickstart, [*overrides, f"output.dir={output}"]), engine=engine_pool, progress=False, report=False)
     assert resumed["status"] == "complete"
     assert resumed["this_run"]["resumed_from_shards"] == committed_at_kill
     assert resumed["this_run"]["completion_tokens"] > 0  # the rest was made by the resumed run
