@@ -376,7 +376,8 @@ def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out: set[str] = set()
         for key in a.keys() | b.keys():
-            if (key in a) != (key in b) and not a.get(key, b.get(key)):
+            only_one_has_it = (key in a) != (key in b)
+            if only_one_has_it and not (a[key] if key in a else b[key]):
                 continue
             out |= _diff(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
