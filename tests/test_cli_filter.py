@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import ray
 
 from tests.conftest import REPO
 
@@ -17,12 +18,13 @@ ROWS = [
 ]
 
 
-def test_sdg_filter_keeps_and_rejects_everything_and_resumes(tmp_path, sdg_env):
+def test_sdg_filter_keeps_and_rejects_everything_and_resumes(tmp_path, sdg_env, ray_session):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     out = tmp_path / "clean"
     command = [sys.executable, "-m", "gen.cli", "filter", str(data), "--spec", str(REPO / "examples" / "filter.yaml"),
-               "--output", str(out), "--no-progress"]
+               "--output", str(out), "--no-progress", "--no-report",
+               "--address", ray.get_runtime_context().gcs_address]  # the session's Ray: none started twice
     first = subprocess.run(command, capture_output=True, text=True, env=sdg_env, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     kept = pq.read_table(out / "data").to_pylist()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+import pyarrow.dataset as ds
 import pytest
 from pydantic import ValidationError
 from stage_fakes import context
 
 from gen.records import is_dropped
+from gen.run import run
+from gen.spec import load_spec
 from gen.stages.template import Template, TemplateConfig
+from tests.conftest import REPO
 
 TEMPLATES = [
     {"name": "is_positive", "jinja": "Is this review positive?\n{{ text }} ||| {{ answer_choices[label | int] }}"},
@@ -80,18 +84,11 @@ def test_malformed_templates_are_refused_when_the_spec_is_read():
         TemplateConfig(templates=[TEMPLATES[0], TEMPLATES[0]])
 
 
-def test_the_example_spec_runs_end_to_end_and_reruns_identically(tmp_path, sdg_env):
-    import subprocess
-    from pathlib import Path
-
-    import pyarrow.parquet as pq
-
-    repo = Path(__file__).resolve().parents[1]
+def test_the_example_spec_runs_end_to_end_and_reruns_identically(tmp_path, ray_session):
     rendered = []
-    for run in ("first", "second"):
-        out = tmp_path / run
-        subprocess.run(["sdg", "run", str(repo / "examples" / "template.yaml"), "--set", f"output.dir={out}"],
-                       check=True, env=sdg_env, capture_output=True, timeout=300)
-        rows = [row for path in sorted((out / "data").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+    for name in ("first", "second"):  # two output dirs: nothing resumed, every row rendered again
+        out = tmp_path / name
+        run(load_spec(REPO / "examples" / "template.yaml", [f"output.dir={out}"]), progress=False, report=False)
+        rows = ds.dataset(out / "data", format="parquet").to_table().to_pylist()
         rendered.append(sorted((row["id"], row["template"], str(row["messages"])) for row in rows))
     assert len(rendered[0]) == 8 and rendered[0] == rendered[1]
