@@ -23,10 +23,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def described(tmp_path_factory, engine_pool):
     """A run of 40 seeds on the tiny model with a reject (a prompt too long), dedup, and the
-    license set in the spec."""
+    license set in the spec; 256 tokens an answer, so that the run lasts several of the time
+    series' 1-s samples (at 48 it can end between two on a quiet machine)."""
     tmp_path = tmp_path_factory.mktemp("described")
     too_long = json.dumps({"instruction": "word " * 2000})
-    spec = load_spec(make_spec(tmp_path, 40, [too_long]), [f"output.dir={tmp_path / 'out'}", "card.license=apache-2.0"])
+    spec = load_spec(make_spec(tmp_path, 40, [too_long]), [f"output.dir={tmp_path / 'out'}", "card.license=apache-2.0",
+                                                             "sampling.max_tokens=256"])
     manifest = run(spec, engine=engine_pool, progress=False)
     return tmp_path / "out", manifest
 
