@@ -30,7 +30,7 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 from ray.exceptions import (
@@ -453,11 +453,11 @@ class EnginePool:
                 break
 
     def shutdown(self) -> None:
+        # Every replica's engine stops at once (each takes seconds), each for at most a minute;
+        # a replica already gone answers with an error, which ray.wait counts as done.
+        stopping = [replica.shutdown.remote() for replica in self.replicas]
+        ray.wait(stopping, num_returns=len(stopping), timeout=60)
         for replica in self.replicas:
-            try:
-                ray.get(replica.shutdown.remote(), timeout=60)
-            except Exception:  # noqa: BLE001 - best effort: the actor may already be gone
-                pass
             ray.kill(replica)
 
 
@@ -466,32 +466,64 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def replica_resources(cluster: dict[str, float], engines: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:
-    """What one replica of each engine asks Ray for: ``tensor_parallel_size`` GPUs on a GPU cluster
-    (vLLM then runs its tensor-parallel workers as processes on those GPUs), one CPU otherwise.
+class EngineShape(NamedTuple):
+    """How one engine of a spec is laid out: its replicas and what each takes."""
 
-    ``engines``: the spec field of each engine (``model``, ``models.1``) -> (replicas,
-    tensor_parallel_size). Every engine's replicas take their own GPUs or CPUs, so the run refuses
-    at once when the whole cluster cannot hold all of them: Ray would wait forever.
+    replicas: int
+    tensor_parallel_size: int = 1
+    num_cpus_per_replica: int | None = None  # on a cluster without GPUs; None: an even share
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resources (``CPU``, ``GPU``, ...) of each live node of the connected Ray cluster."""
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def replica_resources(nodes: list[dict[str, float]], engines: dict[str, EngineShape]) -> dict[str, dict[str, float]]:
+    """What one replica of each engine asks Ray for: ``tensor_parallel_size`` GPUs on a GPU cluster
+    (vLLM then runs its tensor-parallel workers as processes on those GPUs); on a cluster without
+    GPUs, ``num_cpus_per_replica`` CPUs, by default the most CPUs that every replica of every
+    engine can have at once, so that one replica on one machine computes on all its cores.
+
+    ``nodes``: each node's resources (:func:`cluster_nodes`). ``engines``: the spec field of each
+    engine (``model``, ``models.1``) -> its shape. Every engine's replicas take their own GPUs or
+    CPUs, so the run refuses at once when the whole cluster cannot hold all of them: Ray would
+    wait forever.
     """
-    on_gpus = cluster.get("GPU", 0) > 0
-    unit, have = ("GPU", cluster["GPU"]) if on_gpus else ("CPU", cluster.get("CPU", 0))
-    needed = sum(replicas * (tensor_parallel_size if on_gpus else 1)
-                 for replicas, tensor_parallel_size in engines.values())
+    if any(node.get("GPU", 0) > 0 for node in nodes):
+        unit, key, size_field = "GPU", "num_gpus", "tensor_parallel_size"
+        each = {field: shape.tensor_parallel_size for field, shape in engines.items()}
+    else:
+        unit, key, size_field = "CPU", "num_cpus", "num_cpus_per_replica"
+        share = _even_cpu_share([int(node.get("CPU", 0)) for node in nodes],
+                                sum(shape.replicas for shape in engines.values()))
+        each = {field: shape.num_cpus_per_replica or share for field, shape in engines.items()}
+    have = sum(node.get(unit, 0) for node in nodes)
+    needed = sum(shape.replicas * each[field] for field, shape in engines.items())
     if needed > have:
-        asked = " + ".join(f"{field}.replicas ({replicas}) x {field}.tensor_parallel_size ({tp})"
-                           for field, (replicas, tp) in engines.items())
+        asked = " + ".join(f"{field}.replicas ({shape.replicas}) x {field}.{size_field} ({each[field]})"
+                           for field, shape in engines.items())
         raise ResourcesUnavailable(f"{asked} needs {needed:g} {unit}s, the Ray cluster has {have:g}: "
                                    "lower them or add nodes")
-    return {field: {"num_gpus": tp} if on_gpus else {"num_cpus": 1} for field, (_, tp) in engines.items()}
+    return {field: {key: count} for field, count in each.items()}
+
+
+def _even_cpu_share(node_cpus: list[int], replicas: int) -> int:
+    """The most CPUs each of ``replicas`` replicas can take with all of them placed on these nodes
+    (at least 1)."""
+    share = max(1, sum(node_cpus) // max(replicas, 1))
+    while share > 1 and sum(cpus // share for cpus in node_cpus) < replicas:
+        share -= 1
+    return share
 
 
 def start_replicas(
     engine_args: dict[str, Any], replicas: int, tensor_parallel_size: int,
-    max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(),
+    max_in_flight_per_replica: int, limits: EngineLimits = EngineLimits(), num_cpus_per_replica: int | None = None,
 ) -> EnginePool:
     """Start ``replicas`` engines of one model and wait until they serve; see :func:`launch_replicas`."""
-    [resources] = replica_resources(ray.cluster_resources(), {"model": (replicas, tensor_parallel_size)}).values()
+    [resources] = replica_resources(cluster_nodes(), {"model": EngineShape(replicas, tensor_parallel_size,
+                                                                           num_cpus_per_replica)}).values()
     return launch_replicas(engine_args, replicas, resources, max_in_flight_per_replica, limits).ready()
 
 
@@ -509,6 +541,10 @@ def launch_replicas(
     """
     # vLLM's per-step INFO lines would drown the run's own progress in the driver's output.
     env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    if "num_cpus" in resources:
+        # The engine computes with as many threads as the replica holds CPUs. Ray sets this only
+        # where the environment has not; the engine core vLLM spawns inherits it.
+        env["OMP_NUM_THREADS"] = str(int(resources["num_cpus"]))
     # A replica whose process dies (OOM, a crashed engine, a lost node) is restarted by Ray, which
     # reloads the model. Its requests are not retried by Ray: the pool sends them to a healthy replica.
     # Spread over the nodes: a lost node takes as few replicas with it as the cluster allows.

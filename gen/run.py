@@ -47,7 +47,7 @@ from gen.stages.judge import Judge
 from gen.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from cluster.engine import EnginePool, LaunchedReplicas
+    from cluster.engine import EnginePool, EngineShape, LaunchedReplicas
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +169,10 @@ def _stage_context(spec: Spec, config: StageConfig, engines: dict[str, EnginePoo
 def start_engine(spec: Spec, name: str | None = None) -> EnginePool:
     """One engine of the spec (``name``; by default the first), started and serving, for callers
     that share it across runs (``run(spec, engine=...)``)."""
-    import ray
-
-    from cluster.engine import replica_resources
+    from cluster.engine import cluster_nodes, replica_resources
 
     model = next(m for m in spec.engines if name is None or m.name == name)
-    [resources] = replica_resources(ray.cluster_resources(), {"model": (model.replicas, model.tensor_parallel_size)}).values()
+    [resources] = replica_resources(cluster_nodes(), {"model": _shape(model)}).values()
     return launch_engine(spec, model, local_path(model.name), resources).ready()
 
 
@@ -182,14 +180,11 @@ def launch_engines(spec: Spec, model_paths: dict[str, str], log_dir: Path | None
     """The replicas of every engine a stage uses, all loading at once, each replica on CPUs or
     GPUs of its own; their output goes to ``log_dir`` when given. ``model_paths``: what vLLM
     loads for each engine name."""
-    import ray
-
-    from cluster.engine import replica_resources
+    from cluster.engine import cluster_nodes, replica_resources
 
     used = used_engines(spec)
     fields = {model.name: f"models.{spec.engines.index(model)}" if spec.models else "model" for model in used}
-    resources = replica_resources(ray.cluster_resources(),
-                                  {fields[m.name]: (m.replicas, m.tensor_parallel_size) for m in used})
+    resources = replica_resources(cluster_nodes(), {fields[model.name]: _shape(model) for model in used})
     launched: dict[str, LaunchedReplicas] = {}
     try:
         for model in used:
@@ -202,6 +197,12 @@ def launch_engines(spec: Spec, model_paths: dict[str, str], log_dir: Path | None
             replicas.cancel()
         raise
     return launched
+
+
+def _shape(model: ModelSpec) -> EngineShape:
+    from cluster.engine import EngineShape
+
+    return EngineShape(model.replicas, model.tensor_parallel_size, model.num_cpus_per_replica)
 
 
 def launch_engine(spec: Spec, model: ModelSpec, model_path: str, resources: dict[str, float],

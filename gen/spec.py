@@ -48,6 +48,10 @@ class ModelSpec(_Section):
     max_model_len: int | None = Field(None, ge=16)
     tensor_parallel_size: int = Field(1, ge=1)
     replicas: int = Field(1, ge=1)
+    num_cpus_per_replica: int | None = Field(None, ge=1)
+    """On a Ray cluster without GPUs: the CPUs each replica reserves, which its engine computes on
+    (as many threads). By default the most that every replica of the run can have at once: one
+    replica on one machine takes all its cores. Set it when the cluster runs other work too."""
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     engine_args: dict[str, Any] = {}
     """Any other ``vllm.AsyncEngineArgs`` field, passed through as given."""
@@ -215,7 +219,7 @@ class Spec(_Section):
         copy of the project (what ``sdg submit`` runs) names them differently, and makes the same
         records. A changed input file is a changed identity, wherever it lives.
         """
-        placement = {"replicas", "max_in_flight_per_replica"}
+        placement = {"replicas", "num_cpus_per_replica", "max_in_flight_per_replica"}
         identity = self.model_dump(mode="json", exclude={"output": {"dir", "commit_interval_s"},
                                                          "model": placement, "models": {"__all__": placement},
                                                          "failures": True, "card": True})

@@ -23,9 +23,9 @@ def ray_session():
 
     from cluster.ray_cluster import connect
 
-    # Logical CPUs: a replica takes one, and the session's shared replica, the fault tests' own
-    # and the runs they start as subprocesses must fit side by side.
-    connect(None, num_cpus=4)
+    # Logical CPUs: the session's shared replicas, the fault tests' own and the runs they start
+    # as subprocesses take one each, a test of the CPUs a replica computes on two: side by side.
+    connect(None, num_cpus=6)
     yield
     ray.shutdown()
 
@@ -55,7 +55,7 @@ def _pool(model_path: str, **engine_args):
     from cluster.engine import start_replicas
 
     pool = start_replicas({"model": model_path, **TEST_ENGINE_ARGS, **engine_args}, replicas=1,
-                          tensor_parallel_size=1, max_in_flight_per_replica=64)
+                          tensor_parallel_size=1, max_in_flight_per_replica=64, num_cpus_per_replica=1)
     yield pool
     pool.shutdown()
 

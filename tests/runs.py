@@ -23,6 +23,7 @@ model:
   dtype: {TEST_ENGINE_ARGS['dtype']}
   max_model_len: {TEST_ENGINE_ARGS['max_model_len']}
   engine_args: {{kv_cache_memory_bytes: {TEST_ENGINE_ARGS['kv_cache_memory_bytes']}}}
+  num_cpus_per_replica: 1  # runs that join the test session's Ray share its CPUs with its engines
 sampling: {{temperature: 0.8, max_tokens: 48, ignore_eos: true, seed: 0}}
 stages:
   - type: respond

@@ -49,7 +49,7 @@ def own_engine(ray_session, tiny_model_path):
     """A replica for the faults that break engines; a short stall timeout for the hung-engine test
     (long enough that a merely slow engine on a busy 2-core machine is not taken for hung)."""
     pool = start_replicas({"model": str(tiny_model_path), **TEST_ENGINE_ARGS}, replicas=1,
-                          tensor_parallel_size=1, max_in_flight_per_replica=64,
+                          tensor_parallel_size=1, max_in_flight_per_replica=64, num_cpus_per_replica=1,
                           limits=EngineLimits(stall_timeout_s=30, startup_timeout_s=600))
     yield pool
     pool.shutdown()

@@ -6,8 +6,10 @@ sent, and a cluster that cannot hold the replicas is refused at once."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
+import psutil
 import pytest
 import ray
 from stage_fakes import Committed, ScriptedEngine, completion, context
@@ -15,6 +17,7 @@ from stage_fakes import Committed, ScriptedEngine, completion, context
 from cluster.engine import (
     Completion,
     EnginePool,
+    EngineShape,
     EngineUnavailable,
     ResourcesUnavailable,
     replica_resources,
@@ -25,6 +28,7 @@ from gen.errors import TooManyStageErrors
 from gen.run import _Session, run
 from gen.spec import load_spec
 from gen.stages.self_instruct import SelfInstruct, SelfInstructConfig
+from tests.conftest import TEST_ENGINE_ARGS
 from tests.runs import ids_of, make_spec
 
 
@@ -185,30 +189,57 @@ def test_per_request_seeds_are_distinct_and_reproducible_as_sent_to_the_engine(t
 
 
 def test_replicas_that_cannot_fit_are_refused_at_once_naming_the_fields(ray_session, tiny_model_path):
-    with pytest.raises(ResourcesUnavailable, match=r"model.replicas \(9\) x model.tensor_parallel_size \(1\)"):
+    with pytest.raises(ResourcesUnavailable, match=r"model.replicas \(9\) x model.num_cpus_per_replica \(1\)"):
         start_replicas({"model": str(tiny_model_path)}, replicas=9, tensor_parallel_size=1,
                        max_in_flight_per_replica=4)
     # On a GPU cluster (declared resources), each replica asks for its tensor-parallel GPUs.
-    assert replica_resources({"CPU": 8, "GPU": 4}, {"model": (2, 2)}) == {"model": {"num_gpus": 2}}
+    assert replica_resources([{"CPU": 8, "GPU": 4}], {"model": EngineShape(2, 2)}) == {"model": {"num_gpus": 2}}
     with pytest.raises(ResourcesUnavailable, match="needs 6 GPUs, the Ray cluster has 4"):
-        replica_resources({"CPU": 8, "GPU": 4}, {"model": (3, 2)})
-    assert replica_resources({"CPU": 2}, {"model": (2, 1)}) == {"model": {"num_cpus": 1}}
+        replica_resources([{"CPU": 8, "GPU": 4}], {"model": EngineShape(3, 2)})
+
+
+def test_replicas_without_gpus_share_the_cpus_evenly_unless_told():
+    # One replica on one machine computes on all its cores; two split them.
+    assert replica_resources([{"CPU": 8}], {"model": EngineShape(1)}) == {"model": {"num_cpus": 8}}
+    assert replica_resources([{"CPU": 8}], {"model": EngineShape(2)}) == {"model": {"num_cpus": 4}}
+    # Every replica must fit on a node: on nodes of 5 and 1 CPUs, two replicas of 3 would not.
+    assert replica_resources([{"CPU": 5}, {"CPU": 1}], {"model": EngineShape(2)}) == {"model": {"num_cpus": 2}}
+    # A set number is taken as it is, and refused when the cluster cannot hold it.
+    assert replica_resources([{"CPU": 8}], {"model": EngineShape(1, num_cpus_per_replica=1)}) == {
+        "model": {"num_cpus": 1}}
+    with pytest.raises(ResourcesUnavailable, match=r"model.replicas \(2\) x model.num_cpus_per_replica \(6\) "
+                                                   r"needs 12 CPUs, the Ray cluster has 8"):
+        replica_resources([{"CPU": 8}], {"model": EngineShape(2, num_cpus_per_replica=6)})
+
+
+def test_replicas_take_the_cpus_they_hold_as_their_engines_threads(ray_session, tiny_model_path):
+    """What Ray reserves for a replica is what its engine computes with: OMP_NUM_THREADS in the
+    replica and in the engine core vLLM spawns from it."""
+    pool = start_replicas({"model": str(tiny_model_path), **TEST_ENGINE_ARGS}, replicas=1, tensor_parallel_size=1,
+                          max_in_flight_per_replica=4, num_cpus_per_replica=2)
+    try:
+        replica = psutil.Process(ray.get(pool.replicas[0].__ray_call__.remote(lambda _: os.getpid())))
+        [core] = [p for p in replica.children(recursive=True) if "EngineCore" in p.name()]
+        assert replica.environ()["OMP_NUM_THREADS"] == core.environ()["OMP_NUM_THREADS"] == "2"
+        assert core.num_threads() > 2  # torch's two compute threads among the core's own
+    finally:
+        pool.shutdown()
 
 
 def test_the_replicas_of_several_engines_each_take_their_own_gpus_or_cpus():
     # A generator (2 replicas x 1 GPU) and a judge (1 replica x 2 GPUs) fill a 4-GPU node...
-    assert replica_resources({"CPU": 16, "GPU": 4}, {"models.0": (2, 1), "models.1": (1, 2)}) == {
+    assert replica_resources([{"CPU": 16, "GPU": 4}], {"models.0": EngineShape(2, 1), "models.1": EngineShape(1, 2)}) == {
         "models.0": {"num_gpus": 1}, "models.1": {"num_gpus": 2}}
     # ...and one more judge replica does not fit beside them: refused naming every engine's fields.
     with pytest.raises(ResourcesUnavailable, match=r"models\.0\.replicas \(2\) x models\.0\.tensor_parallel_size "
                                                    r"\(1\) \+ models\.1\.replicas \(2\) x .* needs 6 GPUs, the Ray "
                                                    r"cluster has 4"):
-        replica_resources({"CPU": 16, "GPU": 4}, {"models.0": (2, 1), "models.1": (2, 2)})
-    # Without GPUs every replica of every engine takes a CPU of its own.
-    assert replica_resources({"CPU": 3}, {"models.0": (2, 1), "models.1": (1, 1)}) == {
+        replica_resources([{"CPU": 16, "GPU": 4}], {"models.0": EngineShape(2, 1), "models.1": EngineShape(2, 2)})
+    # Without GPUs the replicas of every engine share the CPUs: 3 replicas on 3 CPUs take one each.
+    assert replica_resources([{"CPU": 3}], {"models.0": EngineShape(2), "models.1": EngineShape(1)}) == {
         "models.0": {"num_cpus": 1}, "models.1": {"num_cpus": 1}}
     with pytest.raises(ResourcesUnavailable, match="needs 3 CPUs, the Ray cluster has 2"):
-        replica_resources({"CPU": 2}, {"models.0": (2, 1), "models.1": (1, 1)})
+        replica_resources([{"CPU": 2}], {"models.0": EngineShape(2), "models.1": EngineShape(1)})
 
 
 def test_kept_records_do_not_depend_on_filter_order_and_the_index_holds_only_what_is_kept(ray_session):

@@ -162,7 +162,8 @@ def quickstart_on_tiny_model(seeds: str) -> list[str]:
     engine_args = {"kv_cache_memory_bytes": TEST_ENGINE_ARGS["kv_cache_memory_bytes"], "enforce_eager": True}
     return ["model.name=sdg/tiny-random-chat", f"model.dtype={TEST_ENGINE_ARGS['dtype']}",
             f"model.max_model_len={TEST_ENGINE_ARGS['max_model_len']}", f"model.engine_args={json.dumps(engine_args)}",
-            f"seeds.paths=[{seeds}]", "output.rows_per_shard=4", "output.commit_interval_s=1"]
+            f"seeds.paths=[{seeds}]", "output.rows_per_shard=4", "output.commit_interval_s=1",
+            "model.num_cpus_per_replica=1"]  # the run joins the test session's Ray, beside its engines
 
 
 def test_quickstart_on_s3_killed_after_its_first_commit_resumes_with_nothing_lost_or_twice(
