@@ -41,6 +41,7 @@ class FlakyEngine:
     def __init__(self, fail):
         self.fail = fail
         self.replicas, self.completion_tokens_by_replica, self.failures_by_replica = [None], [0], [0]
+        self.placements = [[]]
 
     def in_flight(self):
         return [0]
@@ -156,7 +157,7 @@ def recording_replica_class():
                     "on_cpu": False, "startup": {}}
 
         def ping(self):
-            return True
+            return self.placement()
 
         async def generate(self, prompt, sampling):
             self.received.append(dict(sampling))
