@@ -508,8 +508,11 @@ def replica_resources(nodes: list[dict[str, float]], engines: dict[str, EngineSh
 
     ``nodes``: each node's resources (:func:`cluster_nodes`). ``engines``: the spec field of each
     engine (``model``, ``models.1``) -> its shape. Every engine's replicas take their own GPUs or
-    CPUs, so the run refuses at once when the whole cluster cannot hold all of them: Ray would
-    wait forever.
+    CPUs, and a replica is one actor, so all its GPUs or CPUs are on one node. The run refuses at
+    once when the cluster cannot hold them (Ray would wait forever): when the whole cluster has
+    too few, or when its nodes, each holding whole replicas, cannot hold an engine's replicas (8
+    GPUs on 8 nodes hold no replica of tensor_parallel_size 2). These checks are exact for one
+    engine; for several they refuse only what surely cannot fit.
     """
     if any(node.get("GPU", 0) > 0 for node in nodes):
         unit, key, size_field = "GPU", "num_gpus", "tensor_parallel_size"
@@ -526,6 +529,14 @@ def replica_resources(nodes: list[dict[str, float]], engines: dict[str, EngineSh
                            for field, shape in engines.items())
         raise ResourcesUnavailable(f"{asked} needs {needed:g} {unit}s, the Ray cluster has {have:g}: "
                                    "lower them or add nodes")
+    for spec_field, shape in engines.items():
+        room = sum(int(node.get(unit, 0) // each[spec_field]) for node in nodes)
+        if room < shape.replicas:
+            per_node = ", ".join(f"{node.get(unit, 0):g}" for node in nodes)
+            raise ResourcesUnavailable(
+                f"{spec_field}.replicas ({shape.replicas}) x {spec_field}.{size_field} ({each[spec_field]}): each "
+                f"replica needs its {each[spec_field]} {unit}s on one node, and the Ray cluster's nodes "
+                f"({per_node} {unit}s) hold {room} such replicas: lower them or add nodes with more {unit}s")
     return {field: {key: count} for field, count in each.items()}
 
 
