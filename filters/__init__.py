@@ -52,5 +52,10 @@ def build_chain(configs: list[FilterConfig],
     return FilterChain([FILTERS[type(c)](c) for c in configs], committed)
 
 
+def is_stateful(config: FilterConfig) -> bool:
+    """Whether the filter of ``config`` remembers what it keeps (judged in commit order, in the driver)."""
+    return FILTERS[type(config)].stateful
+
+
 __all__ = ["FILTERS", "Drop", "Filter", "FilterChain", "FilterConfig", "FilterSpec", "StateLost", "Verdict",
-           "build_chain"]
+           "build_chain", "is_stateful"]

@@ -8,7 +8,8 @@ dropped records so the sink routes them to ``rejected/`` with ``drop_filter``, `
 ``drop_evidence``. Nothing a filter drops is lost.
 
 Filters run in the driver at commit time, in commit order, so "the first committed record wins"
-holds for stateful filters (dedup). A stateful filter remembers what it keeps, so the chain runs it
+holds for stateful filters (dedup). ``sdg filter`` has the stateless ones judge its input on Ray
+Data workers across the cluster instead, before the driver (:mod:`filters.parallel`). A stateful filter remembers what it keeps, so the chain runs it
 after every stateless one: it sees only records nothing else will drop, its state equals what
 ``data/`` holds, and which records are kept does not depend on the order filters are listed in.
 A stateful filter whose state is lost (an index actor died or stopped answering) raises
