@@ -1,0 +1,116 @@
+"""`sdg filter` across a Ray cluster: records/s with 1, 2 and 4 worker processes.
+
+A synthetic Alpaca corpus (``tests/filter_corpus.py``: English instructions and answers, with
+near-duplicates, exact repeats, degenerate answers and answers in other languages mixed in) is
+written as Parquet to a temp dir, then filtered by ``examples/filter.yaml``'s chain (the rule
+filters, language_id, dedup) with ``filter_workers.concurrency`` = each of ``--workers``, on one
+``ray.cluster_utils.Cluster`` (``--nodes`` x ``--cpus-per-node`` declared CPUs, plus a head node
+with none), each run a fresh ``sdg filter --address`` process. Beside them, in the same run, the
+``sdg filter`` of ``--baseline`` (a revision before the workers: the whole chain in the driver).
+
+Per run: records/s over the run's own wall time (``manifest.json``'s ``this_run.wall_s``, from
+joining the cluster to the last commit: interpreter start-up and imports excluded), the driver's
+CPU seconds, the kept records (every run must keep the same), and the ratio to 1 worker.
+
+    .venv/bin/python benchmarks/bench_filter_scale.py [--records 200000] [--workers 1 2 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.filter_corpus import write_parquet  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+BASELINE = "4e7b983"  # main before the workers: sdg filter judged the whole chain in the driver
+
+
+def checkout(revision: str, directory: Path) -> Path:
+    """The source tree at ``revision``, extracted under ``directory``."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "gen", "filters", "cluster"],
+                             check=True, capture_output=True)
+    tarfile.open(fileobj=io.BytesIO(archive.stdout)).extractall(directory, filter="data")
+    return directory
+
+
+def sdg_filter(tree: Path, corpus: Path, output: Path, address: str, overrides: list[str]) -> dict:
+    """One ``sdg filter`` of ``tree``'s code: its manifest, with the driver's CPU seconds."""
+    command = [sys.executable, "-m", "gen.cli", "filter", str(corpus), "--spec", str(REPO / "examples" / "filter.yaml"),
+               "--output", str(output), "--address", address, "--no-progress", "--no-report",
+               *[arg for override in overrides for arg in ("--set", override)]]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    finished = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+    process_s = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if finished.returncode != 0:
+        raise RuntimeError(f"sdg filter failed:\n{finished.stderr[-4000:]}")
+    manifest = json.loads((output / "manifest.json").read_text())
+    records = manifest["totals"]["records"]
+    return {"records": records, "kept": manifest["totals"]["kept"], "wall_s": manifest["this_run"]["wall_s"],
+            "process_s": round(process_s, 1),
+            "driver_cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+            "records_per_s": round(records / manifest["this_run"]["wall_s"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--cpus-per-node", type=int, default=2)
+    parser.add_argument("--baseline", default=BASELINE, help="a revision whose sdg filter runs the chain in the driver")
+    args = parser.parse_args()
+
+    from ray.cluster_utils import Cluster
+
+    with tempfile.TemporaryDirectory(prefix="sdg-filter-scale-") as tmp:
+        tmp = Path(tmp)
+        corpus = write_parquet(tmp / "corpus.parquet", args.records)
+        baseline = checkout(args.baseline, tmp / "baseline")
+        # The head node declares no CPU: every worker runs on the worker nodes.
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        for _ in range(args.nodes):
+            cluster.add_node(num_cpus=args.cpus_per_node)
+        cluster.wait_for_nodes()
+        runs: dict[str, dict] = {}
+        try:
+            address = cluster.address
+            runs[f"baseline {args.baseline} (driver only)"] = sdg_filter(baseline, corpus, tmp / "out-baseline",
+                                                                         address, [])
+            for workers in args.workers:
+                runs[f"{workers} worker(s)"] = sdg_filter(REPO, corpus, tmp / f"out-{workers}", address,
+                                                          [f"filter_workers.concurrency={workers}"])
+        finally:
+            cluster.shutdown()
+
+    one = runs.get("1 worker(s)")
+    print(f"sdg filter, {args.records:,} records, examples/filter.yaml, cluster of {args.nodes} nodes x "
+          f"{args.cpus_per_node} CPUs declared (this machine: {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at the end)")
+    for name, result in runs.items():
+        ratio = f", x{result['records_per_s'] / one['records_per_s']:.2f} of 1 worker" if one else ""
+        print(f"  {name}: {result['records_per_s']:,} records/s ({result['wall_s']:.1f} s, driver CPU "
+              f"{result['driver_cpu_s']} s, kept {result['kept']:,}){ratio}")
+    kept = {result["kept"] for result in runs.values()}
+    print("every run kept the same number of records" if len(kept) == 1 else f"KEPT DIFFERS: {sorted(kept)}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "filter_scale.json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
