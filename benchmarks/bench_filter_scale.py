@@ -12,7 +12,12 @@ Per run: records/s over the run's own wall time (``manifest.json``'s ``this_run.
 joining the cluster to the last commit: interpreter start-up and imports excluded), the driver's
 CPU seconds, the kept records (every run must keep the same), and the ratio to 1 worker.
 
-    .venv/bin/python benchmarks/bench_filter_scale.py [--records 200000] [--workers 1 2 4]
+Then the Ray Data part alone, in this process on the same cluster (``--parts judging``): the
+stream of judged records with each number of workers and nothing behind it (no dedup, no commit),
+and the read stream without workers, so the part that spreads is measured apart from what stays
+in the driver.
+
+    .venv/bin/python benchmarks/bench_filter_scale.py [--records 200000] [--workers 1 2 4] [--parts runs judging]
 """
 
 from __future__ import annotations
@@ -67,6 +72,32 @@ def sdg_filter(tree: Path, corpus: Path, output: Path, address: str, overrides: 
             "records_per_s": round(records / manifest["this_run"]["wall_s"])}
 
 
+def judging_alone(corpus: Path, address: str, workers: list[int]) -> dict[str, dict]:
+    """Records/s of the judged stream alone (the read task and the workers, consumed at once)."""
+    import ray
+
+    from filters import is_stateful
+    from filters.parallel import judged_on_workers
+    from gen.keyset import KeySet
+    from gen.seeds import SeedReader
+    from gen.spec import load_spec
+
+    spec = load_spec(REPO / "examples" / "filter.yaml", [f"seeds.paths={json.dumps([str(corpus)])}", "output.dir=unused"])
+    stateless = [c for c in spec.filters if not is_stateful(c)]
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    results = {}
+    try:
+        for name, configs, count in [("read stream alone", [], None),
+                                     *((f"judging, {n} worker(s)", stateless, n) for n in workers)]:
+            started = time.perf_counter()
+            records = sum(1 for _ in judged_on_workers(SeedReader([str(corpus)]), configs, KeySet(), count, 1000))
+            wall = time.perf_counter() - started
+            results[name] = {"records": records, "wall_s": round(wall, 1), "records_per_s": round(records / wall)}
+    finally:
+        ray.shutdown()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=200_000)
@@ -74,6 +105,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--cpus-per-node", type=int, default=2)
     parser.add_argument("--baseline", default=BASELINE, help="a revision whose sdg filter runs the chain in the driver")
+    parser.add_argument("--parts", nargs="+", choices=["runs", "judging"], default=["runs", "judging"])
     args = parser.parse_args()
 
     from ray.cluster_utils import Cluster
@@ -88,13 +120,17 @@ def main() -> None:
             cluster.add_node(num_cpus=args.cpus_per_node)
         cluster.wait_for_nodes()
         runs: dict[str, dict] = {}
+        judging: dict[str, dict] = {}
         try:
             address = cluster.address
-            runs[f"baseline {args.baseline} (driver only)"] = sdg_filter(baseline, corpus, tmp / "out-baseline",
-                                                                         address, [])
-            for workers in args.workers:
-                runs[f"{workers} worker(s)"] = sdg_filter(REPO, corpus, tmp / f"out-{workers}", address,
-                                                          [f"filter_workers.concurrency={workers}"])
+            if "runs" in args.parts:
+                runs[f"baseline {args.baseline} (driver only)"] = sdg_filter(baseline, corpus, tmp / "out-baseline",
+                                                                             address, [])
+                for workers in args.workers:
+                    runs[f"{workers} worker(s)"] = sdg_filter(REPO, corpus, tmp / f"out-{workers}", address,
+                                                              [f"filter_workers.concurrency={workers}"])
+            if "judging" in args.parts:
+                judging = judging_alone(corpus, address, args.workers)
         finally:
             cluster.shutdown()
 
@@ -107,9 +143,15 @@ def main() -> None:
         print(f"  {name}: {result['records_per_s']:,} records/s ({result['wall_s']:.1f} s, driver CPU "
               f"{result['driver_cpu_s']} s, kept {result['kept']:,}){ratio}")
     kept = {result["kept"] for result in runs.values()}
-    print("every run kept the same number of records" if len(kept) == 1 else f"KEPT DIFFERS: {sorted(kept)}")
+    if runs:
+        print("every run kept the same number of records" if len(kept) == 1 else f"KEPT DIFFERS: {sorted(kept)}")
+    one = judging.get("judging, 1 worker(s)")
+    for name, result in judging.items():
+        ratio = f", x{result['records_per_s'] / one['records_per_s']:.2f} of 1 worker" if one and name != "read stream alone" else ""
+        print(f"  {name}: {result['records_per_s']:,} records/s ({result['wall_s']:.1f} s){ratio}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "filter_scale.json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2))
+    (RESULTS / "filter_scale.json").write_text(json.dumps({"args": vars(args), "runs": runs, "judging": judging},
+                                                          indent=2))
 
 
 if __name__ == "__main__":
