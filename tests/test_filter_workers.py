@@ -1,7 +1,8 @@
 """`sdg filter` on Ray Data workers (filters/parallel.py), on the session's real Ray with the real
 filters: the same records kept and dropped, for the same reasons, as the chain applied in this
 process; a resume after Ctrl-C judges only what is not committed and ends as an uninterrupted run;
-a malformed line is counted and reported, naming its file and line, or stops the run."""
+a malformed line is counted and reported, naming its file and line, or stops the run; more
+workers than the cluster has CPUs are refused before any starts."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import signal
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.engine import ResourcesUnavailable
 from filters import build_chain
 from filters.parallel import judged_on_workers
+from filters.quality import ResponseRulesConfig
 from gen.errors import Interrupted
 from gen.keyset import KeySet
 from gen.run import run
@@ -133,3 +136,9 @@ def test_a_malformed_line_is_counted_and_reported_or_stops_the_run_naming_file_a
                    report=False)
     assert manifest["seeds"]["skipped"] == 1 and manifest["seeds"]["problems"][0]["where"] == f"{path}:3"
     assert manifest["totals"]["records"] == 5
+
+
+def test_more_workers_than_the_cluster_has_cpus_are_refused_at_once_naming_the_field(tmp_path, ray_session):
+    seeds = SeedReader([str(write_jsonl(tmp_path / "corpus.jsonl", 5))])
+    with pytest.raises(ResourcesUnavailable, match=r"^filter_workers.concurrency \(99\) needs 99 CPUs, the Ray cluster has"):
+        next(judged_on_workers(seeds, [ResponseRulesConfig()], KeySet(), 99, 10))
