@@ -57,5 +57,12 @@ def is_stateful(config: FilterConfig) -> bool:
     return FILTERS[type(config)].stateful
 
 
+def prepare(configs: list[FilterConfig], records: list[Record]) -> None:
+    """What the filters of ``configs`` need of each of ``records`` before judging them
+    (:meth:`Filter.prepare`), done now, wherever this runs."""
+    for config in configs:
+        FILTERS[type(config)].prepare(config, records)
+
+
 __all__ = ["FILTERS", "Drop", "Filter", "FilterChain", "FilterConfig", "FilterSpec", "StateLost", "Verdict",
-           "build_chain", "is_stateful"]
+           "build_chain", "is_stateful", "prepare"]

@@ -1,9 +1,10 @@
-"""``sdg filter`` over the cluster: the stateless filters judge on Ray Data workers, in parallel.
+"""``sdg filter`` over the cluster: the filters' stateless part on Ray Data workers, in parallel.
 
     seed files -> SeedStream (one streaming read task, on the driver's node)
-               -> map_batches(StatelessJudge, concurrency=N): the stateless filters, N actors
-               -> the driver, in input order (``preserve_order``): the stateful filters (dedup's
-                  index actors) in commit order, then the sink, as every run commits
+               -> map_batches(StatelessPart, concurrency=N), N actors: the stateless filters
+                  judge, the stateful ones prepare (dedup: each record's signature)
+               -> the driver, in input order (``preserve_order``): the stateful filters judge
+                  (dedup's index actors) in commit order, then the sink, as every run commits
 
 The seeds are read by sdg's own :class:`gen.seeds.SeedReader`, as one stream: identical seeds are
 numbered in input order, ``limit`` counts in input order, and a malformed line is reported or
@@ -12,9 +13,11 @@ resumed run) are left out where they are read, so they are never judged again. T
 on the driver's node (input paths are the driver's), with no CPU of its own, like Ray Data's own
 single-stream readers (``from_torch``).
 
-Each judge actor builds the stateless filters once (fastText models load once per worker) and
-marks a batch's records as the driver's chain would: dropped ones with their filter, reason and
-evidence, the rest annotated (``lang``, ``lang_score``). Records travel pickled, one per row, so
+Each worker builds the stateless filters once (fastText models load once per worker) and marks a
+batch's records as the driver's chain would: dropped ones with their filter, reason and evidence,
+the rest annotated (``lang``, ``lang_score``) and prepared for the stateful filters
+(:meth:`filters.base.Filter.prepare`; dedup's ``minhash``), which the driver's chain then finds
+done. Records travel pickled, one per row, so
 whatever a record holds (``metadata`` of any shape, evidence of any type) arrives as it left.
 """
 
@@ -45,19 +48,24 @@ _SCHEMA = pa.schema([("item", pa.binary()), ("read", pa.int64()), ("skipped", pa
 BLOCK_BYTES = 1 << 20  # ~1,000 records of instruction data: a few per worker in flight, each judged in ~0.5 s
 
 
-class StatelessJudge:
-    """The ``map_batches`` callable: the stateless filters, built once per worker."""
+class StatelessPart:
+    """The ``map_batches`` callable: the stateless filters of ``configs``, built once per worker,
+    and the stateful ones' preparation."""
 
     def __init__(self, configs: list[FilterConfig]):
-        from filters import build_chain
+        from filters import build_chain, is_stateful
 
-        self.chain = build_chain(configs)
+        self.chain = build_chain([config for config in configs if not is_stateful(config)])
+        self.stateful = [config for config in configs if is_stateful(config)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from filters import prepare
+
         items = batch.column("item").to_pylist()
         unpickled = [pickle.loads(item) if item is not None else None for item in items]
         judged = [i for i, item in enumerate(unpickled) if isinstance(item, dict)]
-        self.chain([unpickled[i] for i in judged])  # marks drops and adds annotations in place
+        kept, _ = self.chain([unpickled[i] for i in judged])  # marks drops and adds annotations in place
+        prepare(self.stateful, kept)
         for i in judged:
             items[i] = pickle.dumps(unpickled[i], protocol=pickle.HIGHEST_PROTOCOL)
         return batch.set_column(0, "item", pa.array(items, pa.binary()))
@@ -66,7 +74,8 @@ class StatelessJudge:
 def judged_on_workers(seeds: SeedReader, configs: list[FilterConfig], committed: KeySet,
                       concurrency: int | None, batch_size: int) -> Iterator[Record]:
     """The seeds not in ``committed``, in input order, each judged by the stateless filters of
-    ``configs`` on ``concurrency`` Ray Data workers (None: one per CPU of the cluster).
+    ``configs`` and, when kept, prepared for the stateful ones, on ``concurrency`` Ray Data workers
+    (None: one per CPU of the cluster); no filter: as read.
     ``seeds``' counters (``read``, ``skipped``, ``problems``) follow the stream as it is read."""
     _ray_data_lines_off_the_terminal()
     dataset = ray.data.read_datasource(
@@ -79,7 +88,7 @@ def judged_on_workers(seeds: SeedReader, configs: list[FilterConfig], committed:
         if workers > cpus:  # Ray Data would wait for actors that cannot be placed
             raise ResourcesUnavailable(f"filter_workers.concurrency ({workers}) needs {workers} CPUs, the Ray "
                                        f"cluster has {cpus:g}: lower it or add nodes")
-        dataset = dataset.map_batches(StatelessJudge, fn_constructor_kwargs={"configs": configs},
+        dataset = dataset.map_batches(StatelessPart, fn_constructor_kwargs={"configs": configs},
                                       batch_size=batch_size, batch_format="pyarrow",
                                       compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
     # Ray Data merges the blocks a task yields up to this size, and one worker judges a block: at its

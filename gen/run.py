@@ -99,14 +99,16 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
             chain = build_chain(spec.filters, committed)
         else:
             # Filtering only (sdg filter): the stateless filters judge the seeds on Ray Data workers
-            # across the cluster; the stateful ones (dedup) judge here, in commit order, as always.
+            # across the cluster, which also prepare them for the stateful ones (dedup's signatures);
+            # those judge here, in commit order, as always.
             from filters.parallel import judged_on_workers
 
             workers = spec.filter_workers
-            judged = judged_on_workers(seeds, [c for c in spec.filters if not is_stateful(c)],
-                                       sink.committed.keys, workers.concurrency, workers.batch_size)
-            seed_records = _peeked(judged)
+            # The index actors start while the workers do (_peeked waits for the first judged batch).
             chain = build_chain([c for c in spec.filters if is_stateful(c)], committed)
+            judged = judged_on_workers(seeds, spec.filters, sink.committed.keys, workers.concurrency,
+                                       workers.batch_size)
+            seed_records = _peeked(judged)
         if sink.committed.entries:
             chain.reload()  # resuming: the dedup index learns what is already committed
         startup.mark("seeds_and_filters_s")
