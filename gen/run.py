@@ -354,22 +354,28 @@ class _Session:
         """Start work items while there are free slots and room in the commit buffer."""
         slots = asyncio.Semaphore(self.concurrency)
 
+        def finished(item: WorkItem, records: list[Record]) -> None:
+            if self.first_result_at is None:
+                self.first_result_at = time.monotonic()
+            self._buffer.append((item[0]["work_key"], records))
+            self._buffered_rows += len(records)
+            if self._buffered_rows >= self.max_buffered_rows:
+                self._room.clear()
+            self.items_finished += 1
+            self.progress.advance(records)
+
         async def one(item: WorkItem) -> None:
             try:
-                records = await self._through(map_stages, item)
-                if self.first_result_at is None:
-                    self.first_result_at = time.monotonic()
-                self._buffer.append((item[0]["work_key"], records))
-                self._buffered_rows += len(records)
-                if self._buffered_rows >= self.max_buffered_rows:
-                    self._room.clear()
-                self.items_finished += 1
-                self.progress.advance(records)
+                finished(item, await self._through(map_stages, item))
             finally:
                 slots.release()
 
         try:
             async for item in items:
+                if not map_stages:  # nothing to wait for (sdg filter): straight to the buffer, no task
+                    await self._room.wait()
+                    finished(item, await self._through(map_stages, item))
+                    continue
                 await slots.acquire()
                 await self._room.wait()
                 task = group.create_task(one(item))
