@@ -90,7 +90,12 @@ def judged_on_workers(seeds: SeedReader, configs: list[FilterConfig], committed:
                                        f"cluster has {cpus:g}: lower it or add nodes")
         dataset = dataset.map_batches(StatelessPart, fn_constructor_kwargs={"configs": configs},
                                       batch_size=batch_size, batch_format="pyarrow",
-                                      compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
+                                      compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+                                      # Ray Data restarts lost map actors by default, and Ray then
+                                      # prints an error line for each (its constructor arguments are
+                                      # in the object store: ray-project/ray#57733) on the terminal. A
+                                      # lost worker stops the run instead; its resume redoes the rest.
+                                      max_restarts=0)
     # Ray Data merges the blocks a task yields up to this size, and one worker judges a block: at its
     # default (128 MiB, ~150k records) a whole input would go to one worker, after it was all read.
     dataset.context.target_max_block_size = BLOCK_BYTES
