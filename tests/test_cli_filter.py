@@ -24,6 +24,7 @@ def test_sdg_filter_keeps_and_rejects_everything_and_resumes(tmp_path, sdg_env, 
     out = tmp_path / "clean"
     command = [sys.executable, "-m", "gen.cli", "filter", str(data), "--spec", str(REPO / "examples" / "filter.yaml"),
                "--output", str(out), "--no-progress", "--no-report",
+               "--set", "filter_workers.concurrency=1",  # five records: one worker process to start, not one per CPU
                "--address", ray.get_runtime_context().gcs_address]  # the session's Ray: none started twice
     first = subprocess.run(command, capture_output=True, text=True, env=sdg_env, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
