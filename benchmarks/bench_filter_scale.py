@@ -10,12 +10,13 @@ with none), each run a fresh ``sdg filter --address`` process. Beside them, in t
 
 Per run: records/s over the run's own wall time (``manifest.json``'s ``this_run.wall_s``, from
 joining the cluster to the last commit: interpreter start-up and imports excluded), the driver's
-CPU seconds, the kept records (every run must keep the same), and the ratio to 1 worker.
+CPU seconds, the kept records (every run must keep the same), and the ratios to 1 worker and to
+the driver-only path.
 
 Then the Ray Data part alone, in this process on the same cluster (``--parts judging``): the
-stream of judged records with each number of workers and nothing behind it (no dedup, no commit),
-and the read stream without workers, so the part that spreads is measured apart from what stays
-in the driver.
+stream of records judged by the stateless filters and prepared for dedup, with each number of
+workers and nothing behind it (no dedup index, no commit), and the read stream without workers,
+so the part that spreads is measured apart from what stays in the driver.
 
     .venv/bin/python benchmarks/bench_filter_scale.py [--records 200000] [--workers 1 2 4] [--parts runs judging]
 """
@@ -40,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from tests.filter_corpus import write_parquet  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-BASELINE = "4e7b983"  # main before the workers: sdg filter judged the whole chain in the driver
+BASELINE = "ca96043"  # main without the workers: sdg filter judges the whole chain in the driver
 
 
 def checkout(revision: str, directory: Path) -> Path:
@@ -73,22 +74,20 @@ def sdg_filter(tree: Path, corpus: Path, output: Path, address: str, overrides: 
 
 
 def judging_alone(corpus: Path, address: str, workers: list[int]) -> dict[str, dict]:
-    """Records/s of the judged stream alone (the read task and the workers, consumed at once)."""
+    """Records/s of the workers' stream alone (the read task and the workers, consumed at once)."""
     import ray
 
-    from filters import is_stateful
     from filters.parallel import judged_on_workers
     from gen.keyset import KeySet
     from gen.seeds import SeedReader
     from gen.spec import load_spec
 
     spec = load_spec(REPO / "examples" / "filter.yaml", [f"seeds.paths={json.dumps([str(corpus)])}", "output.dir=unused"])
-    stateless = [c for c in spec.filters if not is_stateful(c)]
     ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     results = {}
     try:
         for name, configs, count in [("read stream alone", [], None),
-                                     *((f"judging, {n} worker(s)", stateless, n) for n in workers)]:
+                                     *((f"judging, {n} worker(s)", spec.filters, n) for n in workers)]:
             started = time.perf_counter()
             records = sum(1 for _ in judged_on_workers(SeedReader([str(corpus)]), configs, KeySet(), count, 1000))
             wall = time.perf_counter() - started
@@ -134,14 +133,15 @@ def main() -> None:
         finally:
             cluster.shutdown()
 
-    one = runs.get("1 worker(s)")
+    one, baseline = runs.get("1 worker(s)"), runs.get(f"baseline {args.baseline} (driver only)")
     print(f"sdg filter, {args.records:,} records, examples/filter.yaml, cluster of {args.nodes} nodes x "
           f"{args.cpus_per_node} CPUs declared (this machine: {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at the end)")
     for name, result in runs.items():
-        ratio = f", x{result['records_per_s'] / one['records_per_s']:.2f} of 1 worker" if one else ""
+        ratios = [f"x{result['records_per_s'] / other['records_per_s']:.2f} of {label}"
+                  for other, label in ((one, "1 worker"), (baseline, "the driver-only path")) if other]
         print(f"  {name}: {result['records_per_s']:,} records/s ({result['wall_s']:.1f} s, driver CPU "
-              f"{result['driver_cpu_s']} s, kept {result['kept']:,}){ratio}")
+              f"{result['driver_cpu_s']} s, kept {result['kept']:,}){''.join(', ' + r for r in ratios)}")
     kept = {result["kept"] for result in runs.values()}
     if runs:
         print("every run kept the same number of records" if len(kept) == 1 else f"KEPT DIFFERS: {sorted(kept)}")
