@@ -11,6 +11,8 @@ Filters run in the driver at commit time, in commit order, so "the first committ
 holds for stateful filters (dedup). A stateful filter remembers what it keeps, so the chain runs it
 after every stateless one: it sees only records nothing else will drop, its state equals what
 ``data/`` holds, and which records are kept does not depend on the order filters are listed in.
+A stateful filter whose state is lost (an index actor died or stopped answering) raises
+:class:`StateLost`; the chain rebuilds it from the committed shards and judges the batch again.
 
 A filter's work that depends on each record alone is its :meth:`Filter.prepare` (dedup: the
 record's shingles and MinHash signature); judging then reads what it left on the record (dedup:
@@ -18,8 +20,6 @@ asks the index, in commit order). The chain prepares a batch before judging it. 
 does the stateless part on Ray Data workers across the cluster, before the driver
 (:mod:`filters.parallel`): the stateless filters judge there, and the stateful ones prepare there,
 so the driver's chain finds its records prepared and only judges.
-A stateful filter whose state is lost (an index actor died or stopped answering) raises
-:class:`StateLost`; the chain rebuilds it from the committed shards and judges the batch again.
 """
 
 from __future__ import annotations
