@@ -71,7 +71,7 @@ def measure_actors(sizes: list[int], words: int, batch: int, shards: int, addres
     rss_empty = sum(psutil.Process(pid).memory_info().rss for pid in pids)
     reports, done, started = [], 0, time.perf_counter()
     for records in record_batches(max(sizes), words, batch):
-        dedup.judge(records)
+        dedup(records)  # prepared, then judged, as the chain does
         done += len(records)
         if done in sizes:
             sizes_now = ray.get([s.size.remote() for s in dedup._shards])

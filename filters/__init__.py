@@ -52,5 +52,17 @@ def build_chain(configs: list[FilterConfig],
     return FilterChain([FILTERS[type(c)](c) for c in configs], committed)
 
 
+def is_stateful(config: FilterConfig) -> bool:
+    """Whether the filter of ``config`` remembers what it keeps (judged in commit order, in the driver)."""
+    return FILTERS[type(config)].stateful
+
+
+def prepare(configs: list[FilterConfig], records: list[Record]) -> None:
+    """What the filters of ``configs`` need of each of ``records`` before judging them
+    (:meth:`Filter.prepare`), done now, wherever this runs."""
+    for config in configs:
+        FILTERS[type(config)].prepare(config, records)
+
+
 __all__ = ["FILTERS", "Drop", "Filter", "FilterChain", "FilterConfig", "FilterSpec", "StateLost", "Verdict",
-           "build_chain"]
+           "build_chain", "is_stateful", "prepare"]

@@ -13,6 +13,13 @@ after every stateless one: it sees only records nothing else will drop, its stat
 ``data/`` holds, and which records are kept does not depend on the order filters are listed in.
 A stateful filter whose state is lost (an index actor died or stopped answering) raises
 :class:`StateLost`; the chain rebuilds it from the committed shards and judges the batch again.
+
+A filter's work that depends on each record alone is its :meth:`Filter.prepare` (dedup: the
+record's shingles and MinHash signature); judging then reads what it left on the record (dedup:
+asks the index, in commit order). The chain prepares a batch before judging it. ``sdg filter``
+does the stateless part on Ray Data workers across the cluster, before the driver
+(:mod:`filters.parallel`): the stateless filters judge there, and the stateful ones prepare there,
+so the driver's chain finds its records prepared and only judges.
 """
 
 from __future__ import annotations
@@ -62,9 +69,15 @@ class Filter(ABC):
         self.kept = 0
         self.dropped: Counter[str] = Counter()
 
+    @classmethod
+    def prepare(cls, config: FilterConfig, records: list[Record]) -> None:
+        """Annotate ``records`` with what judging them needs and depends on each record alone,
+        without state (no index, no actor): a stateful filter's CPU work per record goes here, so
+        it can run on any worker. Leaves a record prepared already as it is."""
+
     @abstractmethod
     def judge(self, records: list[Record]) -> list[Verdict]:
-        """One verdict per record, in order."""
+        """One verdict per record, in order, of records :meth:`prepare` has seen."""
 
     def observe_committed(self, records: list[Record]) -> None:
         """Learn from records committed by an earlier (or interrupted) run without judging them.
@@ -77,6 +90,7 @@ class Filter(ABC):
 
     def __call__(self, records: list[Record]) -> tuple[list[Record], list[Record]]:
         """Split ``records`` into (kept, dropped), counting and marking the dropped ones."""
+        self.prepare(self.config, records)
         verdicts = self.judge(records)
         kept, dropped = [], []
         for record, verdict in zip(records, verdicts, strict=True):

@@ -1,12 +1,14 @@
 """Global dedup: an exact pass on the normalised text, then MinHash LSH near-dedup decided by the
 exact Jaccard of the shingle sets.
 
-How a batch is judged (in the driver, at commit time, in commit order):
+How a batch is prepared (:meth:`Dedup.prepare`: each record alone, so on any worker), then judged
+(in the driver, at commit time, in commit order):
 
-1. Each record's judged text is normalised (:func:`filters.text.normalize`) and hashed (exact
-   key), and its word n-gram shingles are hashed for the whole batch at once
+1. Prepared: each record's judged text is normalised (:func:`filters.text.normalize`) and hashed
+   (exact key), and its word n-gram shingles are hashed for the whole batch at once
    (:func:`shingle_hashes`). Each record's shingle set (sorted unique 32-bit hashes) and its
-   MinHash signature (:func:`minhash`) come from those hashes, with no n-gram string built.
+   MinHash signature (:func:`minhashes`) come from those hashes, with no n-gram string built;
+   they go in ``record["minhash"]`` (:func:`pack_signature`).
 2. Each signature is cut into ``bands`` bands; each band is hashed to a 64-bit bucket key.
 3. The index is global to the run and lives in ``index_shards`` Ray actors (:class:`IndexShard`,
    numpy arrays: ``benchmarks/bench_dedup_memory.py`` measures their bytes per record): band ``b``
@@ -23,8 +25,7 @@ so there is no estimation error at the threshold. The bands are therefore set fo
 ~1 at the threshold (32 bands of 4 rows: a pair at Jaccard 0.7 is a candidate with probability
 1 - (1 - 0.7^4)^32 = 0.9998), and the false candidates that costs are removed by the exact check.
 
-Every judged record gets its signature and shingle set in ``record["minhash"]``
-(:func:`pack_signature`), which the sink writes to the shard. A resumed run (``observe_committed``)
+The sink writes ``record["minhash"]`` to the shard. A resumed run (``observe_committed``)
 and ``against: [DIR, ...]`` reload the index from that column without re-hashing text; only
 records whose column was made with other settings (or an older format) are re-hashed.
 """
@@ -117,14 +118,20 @@ def pack_signature(fingerprint: int, exact_key: int, hashvalues: np.ndarray, shi
             + hashvalues.astype("<u4").tobytes() + shingles.astype("<u4").tobytes())
 
 
+def made_with(blob: bytes | None, fingerprint: int, num_perm: int) -> bool:
+    """Whether ``blob`` is a packed signature made with these settings (its header alone)."""
+    if not blob or len(blob) < _HEADER.size:
+        return False
+    magic, stored_fingerprint, _, count = _HEADER.unpack_from(blob)
+    return magic == _MAGIC and stored_fingerprint == fingerprint and len(blob) == _HEADER.size + 4 * (num_perm + count)
+
+
 def unpack_signature(blob: bytes | None, fingerprint: int,
                      num_perm: int) -> tuple[int, np.ndarray, np.ndarray] | None:
     """(exact key, hash values, shingle set) from a stored column, or None if it was made differently."""
-    if not blob or len(blob) < _HEADER.size:
+    if not made_with(blob, fingerprint, num_perm):
         return None
-    magic, stored_fingerprint, exact_key, count = _HEADER.unpack_from(blob)
-    if magic != _MAGIC or stored_fingerprint != fingerprint or len(blob) != _HEADER.size + 4 * (num_perm + count):
-        return None
+    exact_key = _HEADER.unpack_from(blob)[2]
     values = np.frombuffer(blob, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
     return exact_key, values[:num_perm], values[num_perm:]
 
@@ -452,13 +459,22 @@ class Dedup(Filter):
 
     # -- judging
 
+    @classmethod
+    def prepare(cls, config: DedupConfig, records: list[Record]) -> None:
+        """Each record's exact key, MinHash signature and shingle set, in ``record["minhash"]``."""
+        fingerprint = settings_fingerprint(config)
+        unsigned = [record for record in records if not made_with(record.get("minhash"), fingerprint, config.num_perm)]
+        if not unsigned:
+            return
+        signatures = compute_signatures(config, [text_of(record, config.text) for record in unsigned])
+        for record, exact_key, values, shingles in zip(unsigned, signatures.exact_keys.tolist(), signatures.hashvalues,
+                                                       signatures.shingles, strict=True):
+            record["minhash"] = pack_signature(fingerprint, exact_key, values, shingles)
+
     def judge(self, records: list[Record]) -> list[Verdict]:
         if not records:
             return []
-        signatures = compute_signatures(self.config, [text_of(record, self.config.text) for record in records])
-        for record, exact_key, values, shingles in zip(records, signatures.exact_keys.tolist(), signatures.hashvalues,
-                                                       signatures.shingles):
-            record["minhash"] = pack_signature(self._fingerprint, exact_key, values, shingles)
+        signatures = self._signatures_of(records)
         exact_hits, candidates = self._lookup(signatures)
         known = self._fetch(set().union(*candidates) | {n for n in exact_hits if n is not None})
 
@@ -538,28 +554,25 @@ class Dedup(Filter):
     def _stored_or_computed(self, records: list[Record]) -> Signatures:
         """Signatures of committed records: unpacked from their ``minhash`` column where it was
         made with these settings, hashed from their text otherwise."""
-        exact_keys = np.zeros(len(records), dtype=np.uint64)
-        hashvalues = np.zeros((len(records), self.config.num_perm), dtype=np.uint32)
-        shingles: list[np.ndarray] = [np.empty(0, dtype=np.uint32)] * len(records)
-        missing = []
-        for i, record in enumerate(records):
-            stored = unpack_signature(record.get("minhash"), self._fingerprint, self.config.num_perm)
-            if stored is None:
-                if "messages" not in record:  # only an output of an older sdg, resumed, can hold one
-                    raise ValueError(f"dedup: committed record {record.get('id')} has no signature made with "
-                                     "these settings, and its text was not read; finish this run with "
-                                     "the sdg version that started it")
-                missing.append(i)
-            else:
-                exact_keys[i], hashvalues[i], shingles[i] = stored
-        if missing:
-            computed = compute_signatures(self.config, [text_of(records[i], self.config.text) for i in missing])
-            exact_keys[missing], hashvalues[missing] = computed.exact_keys, computed.hashvalues
-            for i, computed_shingles in zip(missing, computed.shingles, strict=True):
-                shingles[i] = computed_shingles
+        missing = [record for record in records
+                   if not made_with(record.get("minhash"), self._fingerprint, self.config.num_perm)]
+        for record in missing:
+            if "messages" not in record:  # only an output of an older sdg, resumed, can hold one
+                raise ValueError(f"dedup: committed record {record.get('id')} has no signature made with "
+                                 "these settings, and its text was not read; finish this run with "
+                                 "the sdg version that started it")
+        self.prepare(self.config, missing)
         self.reloaded += len(records) - len(missing)
         self.rehashed += len(missing)
-        return Signatures.of(exact_keys, hashvalues, shingles, self.config.bands)
+        return self._signatures_of(records)
+
+    def _signatures_of(self, records: list[Record]) -> Signatures:
+        """The signatures :meth:`prepare` left in the records' ``minhash``."""
+        unpacked = [unpack_signature(record["minhash"], self._fingerprint, self.config.num_perm) for record in records]
+        hashvalues = (np.stack([values for _, values, _ in unpacked]) if unpacked
+                      else np.empty((0, self.config.num_perm), dtype=np.uint32))
+        return Signatures.of(np.array([key for key, _, _ in unpacked], dtype=np.uint64), hashvalues,
+                             [shingles for _, _, shingles in unpacked], self.config.bands)
 
     # -- the index
 

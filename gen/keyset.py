@@ -26,6 +26,8 @@ class KeySet:
         digest = _hash(key)
         if digest in self._pending:
             return True
+        if not len(self._sorted):  # a fresh run's: numpy's call alone costs more than the rest
+            return False
         at = int(np.searchsorted(self._sorted, np.uint64(digest)))
         return at < len(self._sorted) and int(self._sorted[at]) == digest
 

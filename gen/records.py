@@ -89,18 +89,14 @@ def response_of(record: Record) -> str:
 
 def to_table(records: list[Record]) -> pa.Table:
     """Records as a table of the shard schema; unknown keys are never written."""
-    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
-    for record in records:
-        for name in SCHEMA.names:
-            columns[name].append(record.get(name))
-        columns["metadata"][-1] = json.dumps(record.get("metadata") or {}, ensure_ascii=False)
-        if record.get("scores") is not None:
-            columns["scores"][-1] = json.dumps(record["scores"])
+    # One comprehension per column: cheaper than appending cell by cell.
+    columns = {name: [record.get(name) for record in records] for name in SCHEMA.names}
+    columns["metadata"] = [json.dumps(record.get("metadata") or {}, ensure_ascii=False) for record in records]
+    columns["scores"] = [None if record.get("scores") is None else json.dumps(record["scores"]) for record in records]
+    for at, record in enumerate(records):
         if is_dropped(record):
             verdict = record[DROP_KEY]
-            columns["drop_filter"][-1] = verdict["filter"]
-            columns["drop_reason"][-1] = verdict["reason"]
-            columns["drop_evidence"][-1] = json.dumps(
-                verdict["evidence"], ensure_ascii=False, default=str
-            )
+            columns["drop_filter"][at] = verdict["filter"]
+            columns["drop_reason"][at] = verdict["reason"]
+            columns["drop_evidence"][at] = json.dumps(verdict["evidence"], ensure_ascii=False, default=str)
     return pa.table(columns, schema=SCHEMA)

@@ -7,7 +7,9 @@ concurrently, as many at once as the replicas can batch; a finished item waits i
 buffer; every ``rows_per_shard`` records or ``commit_interval_s`` seconds the buffer goes through
 the filter chain, in commit order, and is committed as one shard of kept and one of rejected
 records. Killing the driver at any moment loses only uncommitted items, and the next run into the
-same directory does exactly those.
+same directory does exactly those. A run without stages (``sdg filter``) has its seeds judged by the
+stateless filters on Ray Data workers across the cluster on their way in (:mod:`filters.parallel`);
+only the stateful filters are left for commit time.
 
 How each kind of failure is met is in :mod:`gen.errors`: a record's problem is a reject, an
 infrastructure failure is retried where it happens, anything else stops the run at once with
@@ -32,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filters import FilterChain, build_chain
+from filters import FilterChain, build_chain, is_stateful
 from gen.embedded_models import local_path
 from gen.errors import CommitFailed, ConfigurationError, Interrupted, RunStopped, TooManyStageErrors
 from gen.logs import engine_log_dir, restate_warnings
@@ -75,7 +77,7 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
     sink = ShardSink.open(spec.output.dir, spec.identity(), spec.output.compression)
     launched: dict[str, LaunchedReplicas] = {}
     owned_engines: dict[str, EnginePool] = {}
-    chain = session = seeds = telemetry = None
+    chain = session = seeds = judged = telemetry = None
     owns_ray = False
     startup = _StartupClock(started)
     try:
@@ -91,8 +93,22 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
         # or format, or a benchmark or model file a filter cannot read, stops the run in seconds, not
         # after the model loaded. The seeds are a stream, never whole.
         seeds = SeedReader(**spec.seeds.model_dump()) if spec.seeds else None
-        seed_records = _peeked(iter(seeds)) if seeds else iter(())
-        chain = build_chain(spec.filters, committed=lambda columns: sink.committed.batches(columns, kinds=("data",)))
+        committed = lambda columns: sink.committed.batches(columns, kinds=("data",))  # noqa: E731
+        if spec.stages:
+            seed_records = _peeked(iter(seeds)) if seeds else iter(())
+            chain = build_chain(spec.filters, committed)
+        else:
+            # Filtering only (sdg filter): the stateless filters judge the seeds on Ray Data workers
+            # across the cluster, which also prepare them for the stateful ones (dedup's signatures);
+            # those judge here, in commit order, as always.
+            from filters.parallel import judged_on_workers
+
+            workers = spec.filter_workers
+            # The index actors start while the workers do (_peeked waits for the first judged batch).
+            chain = build_chain([c for c in spec.filters if is_stateful(c)], committed)
+            judged = judged_on_workers(seeds, spec.filters, sink.committed.keys, workers.concurrency,
+                                       workers.batch_size)
+            seed_records = _peeked(judged)
         if sink.committed.entries:
             chain.reload()  # resuming: the dedup index learns what is already committed
         startup.mark("seeds_and_filters_s")
@@ -131,6 +147,8 @@ def run(spec: Spec, address: str | None = None, progress: bool | None = None,
             manifest = _manifest(spec, sink, seeds, session, served, replicas, startup, engine_ready, finished)
             sink.write_manifest(manifest)
     finally:
+        if judged is not None:
+            judged.close()  # stops the workers of a run that ended before its input did
         if telemetry is not None:
             telemetry.close()
         if chain is not None:
@@ -339,22 +357,28 @@ class _Session:
         """Start work items while there are free slots and room in the commit buffer."""
         slots = asyncio.Semaphore(self.concurrency)
 
+        def finished(item: WorkItem, records: list[Record]) -> None:
+            if self.first_result_at is None:
+                self.first_result_at = time.monotonic()
+            self._buffer.append((item[0]["work_key"], records))
+            self._buffered_rows += len(records)
+            if self._buffered_rows >= self.max_buffered_rows:
+                self._room.clear()
+            self.items_finished += 1
+            self.progress.advance(records)
+
         async def one(item: WorkItem) -> None:
             try:
-                records = await self._through(map_stages, item)
-                if self.first_result_at is None:
-                    self.first_result_at = time.monotonic()
-                self._buffer.append((item[0]["work_key"], records))
-                self._buffered_rows += len(records)
-                if self._buffered_rows >= self.max_buffered_rows:
-                    self._room.clear()
-                self.items_finished += 1
-                self.progress.advance(records)
+                finished(item, await self._through(map_stages, item))
             finally:
                 slots.release()
 
         try:
             async for item in items:
+                if not map_stages:  # nothing to wait for (sdg filter): straight to the buffer, no task
+                    await self._room.wait()
+                    finished(item, await self._through(map_stages, item))
+                    continue
                 await slots.acquire()
                 await self._room.wait()
                 task = group.create_task(one(item))
@@ -541,8 +565,9 @@ async def _aiter(items: Iterable[WorkItem]) -> AsyncIterator[WorkItem]:
 
 def _peeked(records: Iterator[Record]) -> Iterator[Record]:
     """``records``, with the first one read already (raising its error, if it has one, now)."""
-    first = next(records)
-    return itertools.chain([first], records)
+    for first in records:
+        return itertools.chain([first], records)
+    return iter(())  # none left: everything was committed before
 
 
 def _served(engines: dict[str, EnginePool]) -> dict[str, tuple[int, int, int]]:

@@ -113,6 +113,17 @@ class FailuresSpec(_Section):
     committed and the run exits (a second signal skips the wait)."""
 
 
+class FilterWorkersSpec(_Section):
+    """How ``sdg filter`` spreads its stateless filters over the cluster (``filters/parallel.py``).
+    None of it changes what a run makes (not part of its identity)."""
+
+    concurrency: int | None = Field(None, ge=1)
+    """Worker processes judging batches with the stateless filters, one CPU each: Ray Data's
+    ``map_batches(concurrency=...)``. None: one per CPU of the cluster."""
+    batch_size: int = Field(1000, ge=1)
+    """Records a worker judges at a time (a block of the read stream, a ``map_batches`` batch)."""
+
+
 class CardSpec(_Section):
     """The dataset card ``DIR/README.md`` (Hugging Face's format). None of it changes what a run
     makes (not part of its identity)."""
@@ -144,6 +155,7 @@ class Spec(_Section):
     file, relative to the spec file."""
     output: OutputSpec
     failures: FailuresSpec = FailuresSpec()
+    filter_workers: FilterWorkersSpec = FilterWorkersSpec()
     card: CardSpec = CardSpec()
 
     @model_validator(mode="after")
@@ -222,7 +234,8 @@ class Spec(_Section):
         placement = {"replicas", "num_cpus_per_replica", "max_in_flight_per_replica"}
         identity = self.model_dump(mode="json", exclude={"output": {"dir", "commit_interval_s"},
                                                          "model": placement, "models": {"__all__": placement},
-                                                         "failures": True, "card": True})
+                                                         "failures": True, "filter_workers": True,
+                                                         "card": True})
         for holder, key in input_path_slots(identity):
             holder[key] = _content_digest(holder[key])
         return identity

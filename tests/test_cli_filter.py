@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import ray
 
 from tests.conftest import REPO
+from tests.test_terminal import FOREIGN
 
 ROWS = [
     {"instruction": "Name three primary colours used in painting.", "input": "", "output": "Red, yellow and blue are the three primary colours."},
@@ -24,9 +25,12 @@ def test_sdg_filter_keeps_and_rejects_everything_and_resumes(tmp_path, sdg_env, 
     out = tmp_path / "clean"
     command = [sys.executable, "-m", "gen.cli", "filter", str(data), "--spec", str(REPO / "examples" / "filter.yaml"),
                "--output", str(out), "--no-progress", "--no-report",
+               "--set", "filter_workers.concurrency=1",  # five records: one worker process to start, not one per CPU
                "--address", ray.get_runtime_context().gcs_address]  # the session's Ray: none started twice
     first = subprocess.run(command, capture_output=True, text=True, env=sdg_env, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
+    # sdg's own lines only: Ray printed one of its driver's (core_worker.cc) for each worker it started
+    assert not [line for line in (first.stdout + first.stderr).splitlines() if FOREIGN.search(line)], first.stderr
     kept = pq.read_table(out / "data").to_pylist()
     rejected = pq.read_table(out / "rejected").to_pylist()
     assert len(kept) + len(rejected) == len(ROWS)
