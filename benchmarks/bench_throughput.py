@@ -1,12 +1,12 @@
 """Generation tokens/s of `sdg run` against bare vLLM `LLM.generate`, same prompts, model, sampling.
 
 Both sides exclude model load: the bare side times only `LLM.generate`; the sdg side starts its
-replicas first, then times `gen.run.run` as a whole (seed reading, Ray actors, the async engine,
+replicas first, then times `gen.run.run` as a whole (seed reading, Ray actors, the engine loop,
 shard commits and the manifest included). `ignore_eos` makes both generate exactly
 `prompts x max_tokens` tokens. The bare side runs in a child process so the two never share CPUs.
 Both get the same engine settings, eager on CPU as sdg's replicas default to there. The bare side
 runs twice, in vLLM's default processes and with vLLM's in-process switch
-(`VLLM_ENABLE_V1_MULTIPROCESSING=0`, which sdg's replicas set on CPU), and sdg is compared with
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`, the layout of sdg's replicas on CPU), and sdg is compared with
 the faster of the two.
 
     python benchmarks/bench_throughput.py                       # both embedded models, CPU

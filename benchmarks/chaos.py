@@ -7,8 +7,10 @@ that ends them. Faults, drawn at random every few seconds once a run has committ
 
 * ``driver_kill``: kill -9 of the `sdg run` process;
 * ``driver_sigterm``: SIGTERM (graceful stop), as `ray job stop` or a preemption notice;
-* ``engine_core_kill``: kill -9 of the replica's vLLM EngineCore process (EngineDeadError in a live actor);
-* ``engine_freeze``: SIGSTOP of the EngineCore (a hung GPU); the stall timeout must catch it;
+* ``engine_core_kill``: kill -9 of the process that runs a replica's vLLM engine core: the replica
+  itself on CPU (Ray restarts it), vLLM's EngineCore process where it has one (EngineDeadError in a
+  live actor);
+* ``engine_freeze``: SIGSTOP of that process (a hung GPU); the stall timeout must catch it;
 * ``index_kill`` / ``index_freeze``: kill -9 or SIGSTOP of a dedup index actor.
 
 Prints ``faults injected: N, lost: 0, duplicated: 0, wrongly rejected: 0`` and the breakdown, and
@@ -59,7 +61,10 @@ def inject(fault: str, driver: subprocess.Popen, frozen: list[psutil.Process]) -
     if fault in ("driver_kill", "driver_sigterm"):
         driver.send_signal(signal.SIGKILL if fault == "driver_kill" else signal.SIGTERM)
         return True
-    targets = own_processes("VLLM::EngineCore") if fault.startswith("engine") else own_processes("ray::IndexShard")
+    if fault.startswith("engine"):
+        targets = own_processes("VLLM::EngineCore") or own_processes("ray::EngineReplica")
+    else:
+        targets = own_processes("ray::IndexShard")
     targets = [p for p in targets if p.status() != psutil.STATUS_STOPPED]
     if not targets:
         return False

@@ -1,7 +1,8 @@
 """vLLM engine replicas as Ray actors, and the pool every stage of a run shares.
 
-Each :class:`EngineReplica` holds one vLLM ``AsyncLLM`` (continuous batching: requests join and
-leave the running batch at every step, so one long generation never stalls the others). The
+Each :class:`EngineReplica` holds one vLLM engine, stepped by its :class:`EngineLoop` (continuous
+batching: requests join and leave the running batch at every step, so one long generation never
+stalls the others). The
 driver keeps many requests in flight per replica through :class:`EnginePool`, always sending the
 next request to the least-loaded replica, so there is no barrier between chunks of work and no
 replica waits for the slowest one.
@@ -26,7 +27,9 @@ import asyncio
 import hashlib
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 import uuid
 import weakref
@@ -77,10 +80,11 @@ class ResourcesUnavailable(RuntimeError):
 INFRASTRUCTURE_ERRORS = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError,
                          OutOfMemoryError, EngineFailed)
 
-# On a CPU backend the model runs in vLLM's own processes (a worker bound to its cores and an
-# engine core that polls it). sdg's processes around them (the replica's request handling, the
-# driver) work from deep queues and can wait, so they yield the CPU to the engine: on 2 cores,
-# +12% tokens/s. vLLM's processes, started before the renice, keep their priority.
+# On a CPU backend the model computes in the replica's process, or in vLLM's own processes beside
+# it (see replica_environment). sdg's processes around them (the driver; the replica's request
+# handling when the engine has processes of its own) work from deep queues and can wait, so they
+# yield the CPU to the engine: on 2 cores, +12% tokens/s. Processes started before the renice keep
+# their priority.
 CPU_FRONTEND_NICENESS = 10
 
 
@@ -105,24 +109,18 @@ class EngineReplica:
         if log_path:
             _output_to(log_path)  # before vLLM starts its processes, which inherit it
         started = time.monotonic()
-        from vllm import AsyncEngineArgs
+        from vllm import EngineArgs, LLMEngine
         from vllm.config import StructuredOutputsConfig
         from vllm.platforms import current_platform
         from vllm.usage.usage_lib import UsageContext
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         imported = time.monotonic()
         defaults = {"disable_log_stats": True}
-        if current_platform.is_cpu():
+        self.on_cpu = current_platform.is_cpu()
+        if self.on_cpu:
             # torch.compile on CPU costs more start-up than it returns in decoding speed, even
             # from a warm compile cache (benchmarks/bench_startup.py); a GPU keeps vLLM's default.
             defaults["enforce_eager"] = True
-            if engine_args.get("tensor_parallel_size", 1) == 1:
-                # Else vLLM on CPU runs its model worker in a process of its own beside the engine
-                # core, and each process imports vLLM again (~15 s). This runs the worker inside the
-                # engine core (vLLM's uniprocess executor, as on one GPU): engine start-up 34-38 s
-                # -> 18 s on the tiny model, SmolLM2 decoding no slower (12.3 against 11.2 tok/s).
-                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         # An offline batch workload: vLLM's LLM-class defaults (larger max_num_seqs and
         # max_num_batched_tokens than its server defaults; no periodic stats) fit it, as they
         # fit the bare LLM.generate sdg is measured against.
@@ -131,21 +129,21 @@ class EngineReplica:
         # only with a named backend: xgrammar, its first choice. The spec's engine_args replace it.
         structured = engine_args.get("structured_outputs_config") or {"backend": "xgrammar",
                                                                       "disable_any_whitespace": True}
-        args = AsyncEngineArgs(**{**defaults, **engine_args,
-                                  "structured_outputs_config": StructuredOutputsConfig(**structured)})
-        self.engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
+        args = EngineArgs(**{**defaults, **engine_args,
+                             "structured_outputs_config": StructuredOutputsConfig(**structured)})
+        engine = LLMEngine.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
         self.startup = {"import_s": imported - started, "engine_init_s": time.monotonic() - imported}
-        self.tokenizer = self.engine.get_tokenizer()
-        self.max_model_len = self.engine.model_config.max_model_len
-        self.on_cpu = current_platform.is_cpu()
-        if self.on_cpu:
-            yield_cpu_to_engine()
+        self.tokenizer = engine.get_tokenizer()
+        self.max_model_len = engine.model_config.max_model_len
+        self.engine = EngineLoop(engine)
+        if self.on_cpu and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+            yield_cpu_to_engine()  # the engine computes in vLLM's processes, not this one
 
     def ping(self) -> dict[str, Any]:
         """Answers, with :meth:`placement`, once the replica (re)started and its engine is alive."""
-        if self.engine.errored:
+        if self.engine.error:
             self._exit_for_restart()
-            raise EngineFailed("the vLLM engine of this replica is dead")
+            raise EngineFailed(f"the vLLM engine of this replica is dead: {self.engine.error}")
         return self.placement()
 
     def placement(self) -> dict[str, Any]:
@@ -205,7 +203,6 @@ class EngineReplica:
         from vllm import SamplingParams, TokensPrompt
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
-        from vllm.v1.engine.exceptions import EngineDeadError
 
         if not isinstance(prompt, str):
             # The template's text carries its special tokens, so it is encoded without adding more.
@@ -227,16 +224,10 @@ class EngineReplica:
         try:
             if "structured_outputs" in params:  # sent as a plain mapping of vLLM's own names
                 params["structured_outputs"] = StructuredOutputsParams(**params["structured_outputs"])
-            final = None
-            async for output in self.engine.generate(
-                TokensPrompt(prompt_token_ids=token_ids),
-                SamplingParams(**params),
-                request_id=uuid.uuid4().hex,
-            ):
-                final = output
-        except EngineDeadError as exc:
+            final = await self.engine.submit(TokensPrompt(prompt_token_ids=token_ids), SamplingParams(**params))
+        except EngineFailed:
             self._exit_for_restart()
-            raise EngineFailed(f"the vLLM engine of this replica died: {exc}") from None
+            raise
         except (ValueError, TypeError, VLLMValidationError) as exc:  # vLLM's per-request validation errors
             return [Completion("", "error", len(token_ids), 0, str(exc))] * n
         skip_special_tokens = params.get("skip_special_tokens", True)
@@ -248,7 +239,86 @@ class EngineReplica:
         ]
 
     def shutdown(self) -> None:
-        self.engine.shutdown()
+        self.engine.stop()
+
+
+class EngineLoop:
+    """Drives a vLLM ``LLMEngine`` from a thread of its own, as ``LLM.generate`` drives it: the
+    requests submitted since the last step join the running batch, then one step runs, and the
+    requests it finished go back to the actor's event loop. Only this thread touches the engine."""
+
+    def __init__(self, engine: Any):
+        self._engine = engine
+        self._submitted: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting: dict[str, asyncio.Future] = {}  # request id -> its caller's future
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.error: str | None = None  # why the engine died, once it has
+        self._thread = threading.Thread(target=self._run, name="sdg-engine-loop", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt: Any, params: Any) -> asyncio.Future:
+        """The request's final ``RequestOutput``; raises vLLM's validation error for a bad
+        request, :class:`EngineFailed` once the engine is dead."""
+        self._loop = self._loop or asyncio.get_running_loop()
+        future = self._loop.create_future()
+        if self.error:
+            future.set_exception(EngineFailed(f"the vLLM engine of this replica died: {self.error}"))
+        else:
+            self._submitted.put((uuid.uuid4().hex, prompt, params, future))
+        return future
+
+    def stop(self) -> None:
+        self._submitted.put(None)
+        self._thread.join(timeout=60)
+        self._engine.engine_core.shutdown()
+
+    def _run(self) -> None:
+        try:
+            while self._add_submitted(wait=not self._engine.has_unfinished_requests()):
+                finished = [output for output in self._engine.step() if output.finished]
+                if finished:
+                    self._loop.call_soon_threadsafe(self._hand_back, finished)
+        except Exception as exc:  # noqa: BLE001 - a dead engine: every waiting caller is told
+            log.exception("the vLLM engine of this replica died")
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._loop.call_soon_threadsafe(self._fail_all)
+
+    def _add_submitted(self, wait: bool) -> bool:
+        """Add every request submitted since the last step, waiting for one if the engine is
+        idle. False once :meth:`stop` was called."""
+        from vllm.exceptions import VLLMValidationError
+
+        try:
+            submitted = self._submitted.get(block=wait)
+            while submitted is not None:
+                request_id, prompt, params, future = submitted
+                try:
+                    self._engine.add_request(request_id, prompt, params)
+                    self._waiting[request_id] = future
+                except (ValueError, TypeError, VLLMValidationError) as exc:
+                    self._loop.call_soon_threadsafe(future.set_exception, exc)
+                submitted = self._submitted.get_nowait()
+            return False
+        except queue.Empty:
+            return True
+
+    def _hand_back(self, finished: list[Any]) -> None:
+        for output in finished:
+            future = self._waiting.pop(output.request_id)
+            if not future.done():  # not cancelled by a caller that gave up
+                future.set_result(output)
+
+    def _fail_all(self) -> None:
+        """Runs in the event loop, after the engine thread ended: every request it held, and
+        every one submitted since, fails."""
+        error = EngineFailed(f"the vLLM engine of this replica died: {self.error}")
+        while not self._submitted.empty():
+            if (submitted := self._submitted.get_nowait()) is not None:
+                self._waiting[submitted[0]] = submitted[3]
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
 
 
 def _output_to(path: str) -> None:
@@ -571,22 +641,39 @@ def launch_replicas(
     ``log_dir``: each replica's output goes to ``{log_name}-N.log`` there (a path on the replica's
     node); by default it stays in Ray's worker logs.
     """
-    # vLLM's per-step INFO lines would drown the run's own progress in the driver's output.
-    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-    if "num_cpus" in resources:
-        # The engine computes with as many threads as the replica holds CPUs. Ray sets this only
-        # where the environment has not; the engine core vLLM spawns inherits it.
-        env["OMP_NUM_THREADS"] = str(int(resources["num_cpus"]))
     # A replica whose process dies (OOM, a crashed engine, a lost node) is restarted by Ray, which
     # reloads the model. Its requests are not retried by Ray: the pool sends them to a healthy replica.
     # Spread over the nodes: a lost node takes as few replicas with it as the cluster allows.
     actor_cls = ray.remote(**resources, max_concurrency=max(1000, 2 * max_in_flight_per_replica),
                            max_restarts=limits.replica_restarts, max_task_retries=0, scheduling_strategy="SPREAD",
-                           runtime_env={"env_vars": env})(EngineReplica)
+                           runtime_env={"env_vars": replica_environment(resources, engine_args)})(EngineReplica)
     handles = [actor_cls.remote(engine_args, f"{log_dir}/{log_name}-{index}.log" if log_dir else None)
                for index in range(replicas)]
     return LaunchedReplicas(handles, engine_args["model"], "num_gpus" in resources, max_in_flight_per_replica,
                             limits)
+
+
+def replica_environment(resources: dict[str, float], engine_args: dict[str, Any]) -> dict[str, str]:
+    """The environment variables a replica's engine runs with."""
+    on_cpu = "num_gpus" not in resources
+    vllm = {
+        # vLLM's per-step INFO lines would drown the run's own progress in the driver's output.
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        # Where vLLM's engine core and model worker run: "0" in the replica's own process, "1" in
+        # processes of their own. On CPU with one worker, one process: no second import of vLLM
+        # (~12 s of start-up) and no ZeroMQ hop for every step's outputs; the layout of the bare
+        # one-process `LLM` (benchmarks/bench_throughput.py). On a GPU, or over several workers,
+        # vLLM's default: its engine core schedules the next step while the replica handles the
+        # last one's outputs, which a GPU's short steps need.
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if on_cpu and engine_args.get("tensor_parallel_size", 1) == 1 else "1",
+    }
+    # The driver's own values of vLLM's variables win: `VLLM_LOGGING_LEVEL=INFO sdg run ...`.
+    env = {name: os.environ.get(name, value) for name, value in vllm.items()}
+    if on_cpu:
+        # The engine computes with as many threads as the replica holds CPUs. Ray sets this only
+        # where the environment has not.
+        env["OMP_NUM_THREADS"] = str(int(resources["num_cpus"]))
+    return env
 
 
 @dataclass

@@ -54,7 +54,7 @@ class ModelSpec(_Section):
     replica on one machine takes all its cores. Set it when the cluster runs other work too."""
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     engine_args: dict[str, Any] = {}
-    """Any other ``vllm.AsyncEngineArgs`` field, passed through as given."""
+    """Any other ``vllm.EngineArgs`` field, passed through as given."""
     max_in_flight_per_replica: int = Field(2048, ge=1)
     """Requests kept queued per replica: well above vLLM's ``max_num_seqs`` (256 on CPU, 1024 on
     H100/H200), so that when a batch finishes together the next one is already waiting."""

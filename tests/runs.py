@@ -127,8 +127,9 @@ def wait_for_commits(output: Path, count: int, process=None, log: Path | None = 
 
 
 def own_processes(prefix: str) -> list:
-    """Processes named ``prefix`` (``VLLM::EngineCore``, ``ray::IndexShard``) among this process's
-    descendants: the Ray this process started, not anybody else's on the machine."""
+    """Processes named ``prefix`` (``ray::EngineReplica``, ``VLLM::EngineCore``, ``ray::IndexShard``)
+    among this process's descendants: the Ray this process started, not anybody else's on the
+    machine."""
     import psutil
 
     found = []

@@ -44,13 +44,28 @@ from tests.runs import (
 PAIRS = 300  # 600 seeds: 300 distinct instructions and a near-duplicate of each
 
 
-@pytest.fixture(scope="module")
-def own_engine(ray_session, tiny_model_path):
+def start_own_engine(tiny_model_path):
     """A replica for the faults that break engines; a short stall timeout for the hung-engine test
     (long enough that a merely slow engine on a busy 2-core machine is not taken for hung)."""
-    pool = start_replicas({"model": str(tiny_model_path), **TEST_ENGINE_ARGS}, replicas=1,
+    return start_replicas({"model": str(tiny_model_path), **TEST_ENGINE_ARGS}, replicas=1,
                           tensor_parallel_size=1, max_in_flight_per_replica=64, num_cpus_per_replica=1,
                           limits=EngineLimits(stall_timeout_s=30, startup_timeout_s=600))
+
+
+@pytest.fixture(scope="module")
+def own_engine(ray_session, tiny_model_path):
+    """A CPU replica as sdg starts it: vLLM's engine runs inside the replica's process."""
+    pool = start_own_engine(tiny_model_path)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture
+def own_engine_with_core_process(ray_session, tiny_model_path, monkeypatch):
+    """A replica laid out as on a GPU: vLLM's engine core in a process of its own, which can die
+    while the replica lives."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    pool = start_own_engine(tiny_model_path)
     yield pool
     pool.shutdown()
 
@@ -101,37 +116,40 @@ def engine_core_of(pool) -> psutil.Process:
     return cores[0]
 
 
-def test_engine_core_killed_in_a_live_replica_is_retried_not_rejected(tmp_path, own_engine, reference):
+def test_engine_core_killed_in_a_live_replica_is_retried_not_rejected(tmp_path, own_engine_with_core_process,
+                                                                       reference):
     """vLLM's EngineDeadError inside a live actor: the replica restarts, its requests go again."""
+    engine = own_engine_with_core_process
     killed = []
 
     def kill_engine_core():
-        assert own_engine._in_flight[0] > 0, "the fault must hit requests in flight"
-        killed.append(engine_core_of(own_engine))
+        assert engine._in_flight[0] > 0, "the fault must hit requests in flight"
+        killed.append(engine_core_of(engine))
         killed[0].send_signal(signal.SIGKILL)
 
-    manifest, output, clusters = faulted(tmp_path, kill_engine_core, own_engine)
+    manifest, output, clusters = faulted(tmp_path, kill_engine_core, engine)
     assert manifest["this_run"]["infrastructure_failures"] > 0
     assert_same_records(output, reference[0])
     assert_one_kept_per_cluster(output, clusters)
-    assert engine_core_of(own_engine).pid != killed[0].pid  # the replica came back with a new engine
+    assert engine_core_of(engine).pid != killed[0].pid  # the replica came back with a new engine
 
 
 def test_hung_engine_is_killed_after_the_stall_timeout_and_its_requests_retried(tmp_path, own_engine, reference):
     frozen = []
 
-    def freeze_engine_core():
+    def freeze_engine():
         assert own_engine._in_flight[0] > 0
-        frozen.append(engine_core_of(own_engine))
+        frozen.append(replica_process(own_engine))
         frozen[0].send_signal(signal.SIGSTOP)  # as a GPU hung on a CUDA OOM: alive, silent
 
     try:
-        manifest, output, clusters = faulted(tmp_path, freeze_engine_core, own_engine)
+        manifest, output, clusters = faulted(tmp_path, freeze_engine, own_engine)
     finally:
-        for core in frozen:
+        for process in frozen:
             with contextlib.suppress(psutil.NoSuchProcess):
-                core.send_signal(signal.SIGKILL)  # the frozen orphan of the killed replica
+                process.send_signal(signal.SIGKILL)  # if the stall timeout's kill did not end it
     assert manifest["this_run"]["infrastructure_failures"] > 0
+    assert replica_process(own_engine).pid != frozen[0].pid  # Ray restarted the killed replica
     assert_same_records(output, reference[0])
     assert_one_kept_per_cluster(output, clusters)
 

@@ -20,6 +20,7 @@ from cluster.engine import (
     EngineShape,
     EngineUnavailable,
     ResourcesUnavailable,
+    replica_environment,
     replica_resources,
     request_seed,
     start_replicas,
@@ -214,17 +215,30 @@ def test_replicas_without_gpus_share_the_cpus_evenly_unless_told():
 
 
 def test_replicas_take_the_cpus_they_hold_as_their_engines_threads(ray_session, tiny_model_path):
-    """What Ray reserves for a replica is what its engine computes with: OMP_NUM_THREADS in the
-    replica and in the engine core vLLM spawns from it."""
+    """What Ray reserves for a replica is what its engine computes with: on CPU the engine runs in
+    the replica's own process (no engine-core process beside it), on as many torch threads."""
     pool = start_replicas({"model": str(tiny_model_path), **TEST_ENGINE_ARGS}, replicas=1, tensor_parallel_size=1,
                           max_in_flight_per_replica=4, num_cpus_per_replica=2)
     try:
         replica = psutil.Process(ray.get(pool.replicas[0].__ray_call__.remote(lambda _: os.getpid())))
-        [core] = [p for p in replica.children(recursive=True) if "EngineCore" in p.name()]
-        assert replica.environ()["OMP_NUM_THREADS"] == core.environ()["OMP_NUM_THREADS"] == "2"
-        assert core.num_threads() > 2  # torch's two compute threads among the core's own
+        assert replica.environ()["OMP_NUM_THREADS"] == "2"
+        assert ray.get(pool.replicas[0].__ray_call__.remote(lambda _: __import__("torch").get_num_threads())) == 2
+        assert not [p for p in replica.children(recursive=True) if "EngineCore" in p.name()]
     finally:
         pool.shutdown()
+
+
+def test_the_engine_runs_in_the_replica_on_one_cpu_worker_and_in_vllms_processes_otherwise(monkeypatch):
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    one_process = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert replica_environment({"num_cpus": 2}, {"model": "m"}).items() >= {**one_process, "OMP_NUM_THREADS": "2"}.items()
+    assert replica_environment({"num_cpus": 4}, {"model": "m", "tensor_parallel_size": 2})[
+        "VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    on_gpus = replica_environment({"num_gpus": 1}, {"model": "m"})
+    assert on_gpus["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and "OMP_NUM_THREADS" not in on_gpus
+    # The driver's own setting wins, for one run started otherwise.
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    assert replica_environment({"num_cpus": 2}, {"model": "m"})["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
 
 
 def test_the_replicas_of_several_engines_each_take_their_own_gpus_or_cpus():
