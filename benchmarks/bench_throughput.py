@@ -56,6 +56,12 @@ COMPONENTS = [
     ("sdg filters and sink", ("filters/", "gen/sink.py", "pyarrow")),
     ("sdg run loop", ("gen/run.py", "gen/progress.py")),
     ("Ray calls and serialisation", ("ray/", "_raylet", "cloudpickle", "pickle")),
+    # The engine's own Python, in the replica's process on CPU (torch's frames count as their caller's).
+    ("vLLM model forward", ("model_executor/",)),
+    ("vLLM model runner", ("v1/worker/",)),
+    ("vLLM sampler", ("v1/sample/",)),
+    ("vLLM scheduler", ("v1/core/",)),
+    ("vLLM engine core step", ("v1/engine/core.py", "llm_engine.py")),
     ("asyncio", ("asyncio/",)),
 ]
 
