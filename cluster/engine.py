@@ -143,7 +143,7 @@ class EngineReplica:
         """Answers, with :meth:`placement`, once the replica (re)started and its engine is alive."""
         if self.engine.error:
             self._exit_for_restart()
-            raise EngineFailed(f"the vLLM engine of this replica is dead: {self.engine.error}")
+            raise self.engine.failure()
         return self.placement()
 
     def placement(self) -> dict[str, Any]:
@@ -257,12 +257,12 @@ class EngineLoop:
         self._thread.start()
 
     def submit(self, prompt: Any, params: Any) -> asyncio.Future:
-        """The request's final ``RequestOutput``; raises vLLM's validation error for a bad
-        request, :class:`EngineFailed` once the engine is dead."""
+        """A future of the request's final ``RequestOutput``. It raises vLLM's validation error
+        for a bad request, :class:`EngineFailed` once the engine is dead."""
         self._loop = self._loop or asyncio.get_running_loop()
         future = self._loop.create_future()
         if self.error:
-            future.set_exception(EngineFailed(f"the vLLM engine of this replica died: {self.error}"))
+            future.set_exception(self.failure())
         else:
             self._submitted.put((uuid.uuid4().hex, prompt, params, future))
         return future
@@ -311,7 +311,7 @@ class EngineLoop:
     def _fail_all(self) -> None:
         """Runs in the event loop, after the engine thread ended: every request it held, and
         every one submitted since, fails."""
-        error = EngineFailed(f"the vLLM engine of this replica died: {self.error}")
+        error = self.failure()
         while not self._submitted.empty():
             if (submitted := self._submitted.get_nowait()) is not None:
                 self._waiting[submitted[0]] = submitted[3]
@@ -319,6 +319,9 @@ class EngineLoop:
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
+
+    def failure(self) -> EngineFailed:
+        return EngineFailed(f"the vLLM engine of this replica died: {self.error}")
 
 
 def _output_to(path: str) -> None:
