@@ -592,8 +592,12 @@ def replica_resources(nodes: list[dict[str, float]], engines: dict[str, EngineSh
         each = {field: shape.tensor_parallel_size for field, shape in engines.items()}
     else:
         unit, key, size_field = "CPU", "num_cpus", "num_cpus_per_replica"
-        share = _even_cpu_share([int(node.get("CPU", 0)) for node in nodes],
-                                sum(shape.replicas for shape in engines.values()))
+        # The engines that set their number take it first; the others share what is left.
+        left = _cpus_left([int(node.get("CPU", 0)) for node in nodes],
+                          [(shape.replicas, shape.num_cpus_per_replica)
+                           for shape in engines.values() if shape.num_cpus_per_replica])
+        share = _even_cpu_share(left, sum(shape.replicas for shape in engines.values()
+                                          if not shape.num_cpus_per_replica))
         each = {field: shape.num_cpus_per_replica or share for field, shape in engines.items()}
     have = sum(node.get(unit, 0) for node in nodes)
     needed = sum(shape.replicas * each[field] for field, shape in engines.items())
@@ -611,6 +615,17 @@ def replica_resources(nodes: list[dict[str, float]], engines: dict[str, EngineSh
                 f"replica needs its {each[spec_field]} {unit}s on one node, and the Ray cluster's nodes "
                 f"({per_node} {unit}s) hold {room} such replicas: lower them or add nodes with more {unit}s")
     return {field: {key: count} for field, count in each.items()}
+
+
+def _cpus_left(node_cpus: list[int], taken: list[tuple[int, int]]) -> list[int]:
+    """Each node's CPUs after ``taken`` (replicas, CPUs each) are placed, each replica on the node
+    with the most CPUs left (where Ray's SPREAD would put it, near enough)."""
+    left = list(node_cpus)
+    for replicas, cpus in taken:
+        for _ in range(replicas):
+            fullest = max(range(len(left)), key=left.__getitem__)
+            left[fullest] = max(left[fullest] - cpus, 0)
+    return left
 
 
 def _even_cpu_share(node_cpus: list[int], replicas: int) -> int:

@@ -255,6 +255,14 @@ def test_the_replicas_of_several_engines_each_take_their_own_gpus_or_cpus():
         "models.0": {"num_cpus": 1}, "models.1": {"num_cpus": 1}}
     with pytest.raises(ResourcesUnavailable, match="needs 3 CPUs, the Ray cluster has 2"):
         replica_resources([{"CPU": 2}], {"models.0": EngineShape(2), "models.1": EngineShape(1)})
+    # An engine that sets its number takes it first; the others share what is left: a judge of 2
+    # CPUs on an 8-CPU node leaves 3 each to two generators (not 8 // 3 = 2, and never 8 // 2 = 4).
+    assert replica_resources([{"CPU": 8}], {"models.0": EngineShape(2), "models.1": EngineShape(1, num_cpus_per_replica=2)}) == {
+        "models.0": {"num_cpus": 3}, "models.1": {"num_cpus": 2}}
+    # Per node: a replica of 3 on one of two 4-CPU nodes leaves room for two of 2 on the other.
+    assert replica_resources([{"CPU": 4}, {"CPU": 4}], {"models.0": EngineShape(1, num_cpus_per_replica=3),
+                                                        "models.1": EngineShape(2)}) == {
+        "models.0": {"num_cpus": 3}, "models.1": {"num_cpus": 2}}
 
 
 def test_each_replica_of_the_gpu_cluster_example_takes_its_gpus_on_one_node():
