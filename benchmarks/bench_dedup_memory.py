@@ -166,7 +166,8 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=24, help="words per synthetic text")
     parser.add_argument("--batch", type=int, default=10_000, help="records per judged batch (a commit)")
     parser.add_argument("--shards", type=int, default=DedupConfig().index_shards, help="index actors")
-    parser.add_argument("--baseline", default="main", help="git revision of the index to compare with")
+    parser.add_argument("--baseline", default="1e5db49",
+                        help="git revision of the index to compare with (default: the last with Python dicts and sets)")
     parser.add_argument("--baseline-records", type=int, default=100_000)
     parser.add_argument("--address", default=None, help="a Ray cluster to join (default: start one)")
     args = parser.parse_args()

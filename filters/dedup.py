@@ -32,6 +32,7 @@ records whose column was made with other settings (or an older format) are re-ha
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 import itertools
@@ -241,7 +242,8 @@ class _SortedTable:
     Most entries are in the main part, stored without the top 16 bits of their key: a directory
     of 2^16 + 1 offsets says where each value of those bits starts, so a 32-bit bucket key costs 2
     bytes, not 4. New entries go to a small pending part (whole keys), merged into the main part
-    once it holds 1/8 of it: a merge costs as many steps as it moves entries, after as many inserts.
+    once it holds 1/16 of it: a merge moves the main part once every 1/16 of it inserted, and the
+    pending part's whole keys cost at most ~3 bytes a record (bench_dedup_memory).
     """
 
     def __init__(self, key_dtype: type, low_dtype: type):
@@ -279,7 +281,7 @@ class _SortedTable:
         at = np.searchsorted(self.pending_keys, keys[order], "right")
         self.pending_keys = np.insert(self.pending_keys, at, keys[order])
         self.pending_records = np.insert(self.pending_records, at, records[order])
-        if len(self.pending_keys) * 8 > len(self.low) + (1 << 19):
+        if len(self.pending_keys) * 16 > len(self.low) + (1 << 19):
             main = np.repeat(np.arange(1 << 16, dtype=self.key_dtype), np.diff(self.directory)) << self.shift
             main |= self.low.astype(self.key_dtype)
             at = np.searchsorted(main, self.pending_keys, "right")
@@ -310,30 +312,35 @@ def _bisect(values: np.ndarray, targets: np.ndarray, low: np.ndarray, high: np.n
 
 
 class _PackedColumn:
-    """Variable-length byte strings appended in order, read back by position: one bytearray and
-    the end offset of each (no Python object per value)."""
+    """Variable-length byte strings appended in order, read back by position. Each appended run
+    is one bytes object and the length of each value in it (2 bytes where they fit: an id and up
+    to MAX_SHINGLES shingles take ~8 kB): no Python object per value, and no growth slack (a
+    growing bytearray or array over-allocates by up to an eighth)."""
 
     def __init__(self):
-        self.data = bytearray()
-        self.ends = np.empty(1024, dtype=np.int64)
+        self.runs: list[bytes] = []
+        self.lengths: list[np.ndarray] = []  # per run: the length of each of its values
+        self.firsts: list[int] = []  # per run: the position of its first value
         self.size = 0
 
     def extend(self, values: list[bytes]) -> None:
-        if self.size + len(values) > len(self.ends):
-            self.ends = np.resize(self.ends, max(int(len(self.ends) * 1.25), self.size + len(values)))
+        if not values:
+            return
         lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
-        start = self.ends[self.size - 1] if self.size else 0
-        self.ends[self.size : self.size + len(values)] = start + np.cumsum(lengths)
-        self.data += b"".join(values)
+        self.lengths.append(lengths.astype(np.uint16) if lengths.max() <= np.iinfo(np.uint16).max else lengths)
+        self.runs.append(b"".join(values))
+        self.firsts.append(self.size)
         self.size += len(values)
 
     def __getitem__(self, position: int) -> bytes:
-        start = self.ends[position - 1] if position else 0
-        return bytes(self.data[start : self.ends[position]])
+        run = bisect.bisect_right(self.firsts, position) - 1
+        at, lengths = position - self.firsts[run], self.lengths[run]
+        start = int(lengths[:at].sum(dtype=np.int64))  # a run is one batch's records: a few thousand
+        return self.runs[run][start : start + int(lengths[at])]
 
     @property
     def nbytes(self) -> int:
-        return len(self.data) + self.ends.nbytes
+        return sum(len(run) for run in self.runs) + sum(lengths.nbytes for lengths in self.lengths)
 
 
 class IndexShard:
@@ -353,7 +360,7 @@ class IndexShard:
         self.index, self.count, self.ids_per_bucket = index, count, ids_per_bucket
         self.buckets = _SortedTable(np.uint32, np.uint16)
         self.exact = _SortedTable(np.uint64, np.uint64)
-        self.owned = _PackedColumn()  # per owned record: its id's length (2 bytes), id, shingle set
+        self.owned = _PackedColumn()  # per owned record: its packed id (_pack_id), then its shingle set
 
     def candidates(self, band_keys: np.ndarray, exact_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The record committed with each one's exact key (-1: none, or not this shard's key),
@@ -367,12 +374,7 @@ class IndexShard:
 
     def records(self, numbers: list[int]) -> list[tuple[str, bytes]]:
         """(id, shingle set) of records this shard owns."""
-        out = []
-        for number in numbers:
-            packed = self.owned[number // self.count]
-            length = int.from_bytes(packed[:2], "little")
-            out.append((_unpack_id(packed[2 : 2 + length]), packed[2 + length :]))
-        return out
+        return [_unpack_owned(self.owned[number // self.count]) for number in numbers]
 
     def insert(self, numbers: np.ndarray, band_keys: np.ndarray, exact_keys: np.ndarray,
                owned: list[tuple[str, bytes]]) -> None:
@@ -385,8 +387,7 @@ class IndexShard:
         mine = np.flatnonzero(exact_keys % np.uint64(self.count) == self.index)
         new = mine[(self.exact.count(exact_keys[mine]) == 0) & (_rank_among_equal(exact_keys[mine]) == 0)]
         self.exact.add(exact_keys[new], numbers[new].astype(np.uint32))
-        ids = [_pack_id(record_id) for record_id, _ in owned]
-        self.owned.extend([len(i).to_bytes(2, "little") + i + shingles for i, (_, shingles) in zip(ids, owned, strict=True)])
+        self.owned.extend([_pack_id(record_id) + shingles for record_id, shingles in owned])
 
     def size(self) -> dict[str, int]:
         return {"records": self.owned.size, "bytes": self.buckets.nbytes + self.exact.nbytes + self.owned.nbytes}
@@ -404,16 +405,24 @@ def _return_freed_arrays_to_the_os() -> None:
 
 
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
+_HEX_ID_TAG, _TEXT_ID_TAG = b"\0", b"\1"
 
 
 def _pack_id(record_id: str) -> bytes:
-    """sdg's ids (:func:`gen.records.content_id`) are 32 hex digits: 17 bytes as a NUL and their
-    16 bytes, where no text id starts with NUL; any other id is its UTF-8."""
-    return b"\0" + bytes.fromhex(record_id) if _HEX_ID.fullmatch(record_id) else record_id.encode("utf-8")
+    """sdg's ids (:func:`gen.records.content_id`) are 32 hex digits: 17 bytes as a tag and their
+    16 bytes; any other id is a tag, its length (2 bytes) and its UTF-8."""
+    if _HEX_ID.fullmatch(record_id):
+        return _HEX_ID_TAG + bytes.fromhex(record_id)
+    encoded = record_id.encode("utf-8")
+    return _TEXT_ID_TAG + len(encoded).to_bytes(2, "little") + encoded
 
 
-def _unpack_id(packed: bytes) -> str:
-    return packed[1:].hex() if packed[:1] == b"\0" else packed.decode("utf-8")
+def _unpack_owned(packed: bytes) -> tuple[str, bytes]:
+    """(id, shingle set) from an owned record's packed id followed by its shingle set."""
+    if packed[:1] == _HEX_ID_TAG:
+        return packed[1:17].hex(), packed[17:]
+    end = 3 + int.from_bytes(packed[1:3], "little")
+    return packed[3:end].decode("utf-8"), packed[end:]
 
 
 def _rank_among_equal(keys: np.ndarray) -> np.ndarray:

@@ -51,13 +51,19 @@ SCHEMA = pa.schema(
     ]
 )
 
+# json.dumps builds an encoder per call when given options, several times the cost of encoding a
+# record's few fields; these are built once (the same class and options: the same text).
+_ID_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+_CELL_JSON = json.JSONEncoder(ensure_ascii=False)
+_EVIDENCE_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+
 DROP_KEY = "_drop"
 """Set on a record that a stage or filter rejected: {"filter", "reason", "evidence"}."""
 
 
 def content_id(*parts: Any) -> str:
     """A stable id from the things that determine a record (seed, stage, model, sampling, ...)."""
-    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    payload = _ID_JSON.encode(parts)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
@@ -91,12 +97,12 @@ def to_table(records: list[Record]) -> pa.Table:
     """Records as a table of the shard schema; unknown keys are never written."""
     # One comprehension per column: cheaper than appending cell by cell.
     columns = {name: [record.get(name) for record in records] for name in SCHEMA.names}
-    columns["metadata"] = [json.dumps(record.get("metadata") or {}, ensure_ascii=False) for record in records]
+    columns["metadata"] = [_CELL_JSON.encode(record.get("metadata") or {}) for record in records]
     columns["scores"] = [None if record.get("scores") is None else json.dumps(record["scores"]) for record in records]
     for at, record in enumerate(records):
         if is_dropped(record):
             verdict = record[DROP_KEY]
             columns["drop_filter"][at] = verdict["filter"]
             columns["drop_reason"][at] = verdict["reason"]
-            columns["drop_evidence"][at] = json.dumps(verdict["evidence"], ensure_ascii=False, default=str)
+            columns["drop_evidence"][at] = _EVIDENCE_JSON.encode(verdict["evidence"])
     return pa.table(columns, schema=SCHEMA)

@@ -350,7 +350,7 @@ class _Session:
         await self._commit(force=True)
         if self._interrupt.is_set():
             raise Interrupted(f"stopped by {signal.Signals(self._signal).name} with "
-                              f"{len(self.sink.committed.keys):,} work items committed", self._signal)
+                              f"{self.sink.totals()['work_items']:,} work items committed", self._signal)
 
     async def _feed(self, items: AsyncIterator[WorkItem], map_stages: list[Stage],
                     group: asyncio.TaskGroup, working: set[asyncio.Task]) -> None:
@@ -373,11 +373,16 @@ class _Session:
             finally:
                 slots.release()
 
+        # Without a model to wait for (no stages: sdg filter; or only model-free ones: template),
+        # an item is CPU work in this thread, done in turn: a task each would only add the event
+        # loop's scheduling, about a third of the driver's time per record (README: Scale).
+        in_turn = not any(stage.uses_llm for stage in map_stages)
         try:
             async for item in items:
-                if not map_stages:  # nothing to wait for (sdg filter): straight to the buffer, no task
+                if in_turn:
                     await self._room.wait()
                     finished(item, await self._through(map_stages, item))
+                    await asyncio.sleep(0)  # a due commit starts now, its thread beside this one
                     continue
                 await slots.acquire()
                 await self._room.wait()
@@ -441,7 +446,10 @@ class _Session:
         for stage in stages:
             # A group stage sees the work item's records together (the answers to one instruction).
             groups = ([current] if current else []) if isinstance(stage, GroupStage) else [[r] for r in current]
-            results = await asyncio.gather(*(self._process(stage, group) for group in groups))
+            if stage.uses_llm:  # the engine batches the records' requests: all sent at once
+                results = await asyncio.gather(*(self._process(stage, group) for group in groups))
+            else:  # CPU work in this thread: in turn, without a task each
+                results = [await self._process(stage, group) for group in groups]
             current = []
             for record in (r for batch in results for r in batch):
                 (finished if is_dropped(record) else current).append(record)

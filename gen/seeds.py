@@ -167,12 +167,11 @@ class SeedReader:
 
     def _record(self, raw: dict, where: str, messages: list, metadata: dict) -> Record:
         content = content_id(messages, metadata)
-        if content in self._seen:
+        if self._seen.add(content):
+            record_id = content
+        else:
             self._repeats[content] += 1
             record_id = content_id(content, self._repeats[content] + 1)
-        else:
-            self._seen.add(content)
-            record_id = content
         seed_id = raw.get("id")
         return {
             "id": record_id,

@@ -75,17 +75,19 @@ class OutputError(RuntimeError):
 class CommittedWork:
     """What earlier runs into the same directory committed; what a resumed run skips or reloads.
 
-    The journal entries are kept without their work keys (millions in a large run): those are in
-    ``keys``, at 8 bytes each.
+    The journal entries are kept without their work keys (millions in a large run): those of
+    earlier runs are in ``keys``, at 8 bytes each; this run's commits are counted only, as it never
+    meets their work items again (so its memory does not grow with them).
     """
 
     root: Location
     entries: list[dict[str, Any]] = field(default_factory=list)
     keys: KeySet = field(default_factory=KeySet)
 
-    def add(self, entry: dict[str, Any]) -> None:
-        for key in entry["work_keys"]:
-            self.keys.add(key)
+    def add(self, entry: dict[str, Any], earlier_run: bool = True) -> None:
+        if earlier_run:
+            for key in entry["work_keys"]:
+                self.keys.add(key)
         self.entries.append({**{k: v for k, v in entry.items() if k != "work_keys"},
                              "work_items": len(entry["work_keys"])})
 
@@ -219,7 +221,7 @@ class ShardSink:
                                            "sha256": hashlib.sha256(data).hexdigest()}
         self._guard.check()
         self.root.child("_commits", f"{shard:05d}.json").write_bytes(json.dumps(entry).encode())
-        self.committed.add(entry)
+        self.committed.add(entry, earlier_run=False)
         return self.committed.entries[-1]
 
     def write_manifest(self, manifest: dict[str, Any]) -> Location:

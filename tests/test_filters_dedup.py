@@ -12,10 +12,10 @@ import pytest
 from pydantic import TypeAdapter
 
 from filters import FilterSpec, build_chain
-from filters.dedup import MAX_SHINGLES, Dedup, DedupConfig, compute_signatures
+from filters.dedup import MAX_SHINGLES, Dedup, DedupConfig, IndexShard, compute_signatures
 from filters.dedup import jaccard as set_jaccard
 from filters.text import normalize, shingle_hashes
-from gen.records import instruction_of, to_table
+from gen.records import content_id, instruction_of, to_table
 
 SHARED_P3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "p3_sample"
 
@@ -143,6 +143,25 @@ def test_resume_and_against_reload_signatures_without_rehashing(dedup, tmp_path)
     assert other_settings.stats()["signatures_rehashed"] == 30
     _, dropped = other_settings([dict(r) for r in duplicates])
     assert len(dropped) == 5
+
+
+def test_index_shard_gives_back_ids_and_shingle_sets_across_batches():
+    """The actor's class in this process: sdg's hex ids and other ids, stored in runs of several
+    inserts, come back with their shingle sets, and each exact key names its first record."""
+    config = DedupConfig(index_shards=1)
+    shard = IndexShard(0, 1, config.ids_per_bucket)
+    texts = [" ".join(text(seed, words=12 + seed)) for seed in range(9)]
+    ids = [content_id(n) if n % 2 else f"seed-{n}-é" for n in range(len(texts))]
+    signatures = compute_signatures(config, texts)
+    for first, last in ((0, 3), (3, 7), (7, 9)):
+        shard.insert(np.arange(first, last), signatures.band_keys[first:last], signatures.exact_keys[first:last],
+                     [(ids[n], signatures.shingles[n].tobytes()) for n in range(first, last)])
+    asked = [8, 0, 5, 3, 4]
+    assert shard.records(asked) == [(ids[n], signatures.shingles[n].tobytes()) for n in asked]
+    exact, queries, numbers = shard.candidates(signatures.band_keys, signatures.exact_keys)
+    assert exact.tolist() == list(range(len(texts)))
+    assert set(zip(queries.tolist(), numbers.tolist(), strict=True)) >= {(n, n) for n in range(len(texts))}
+    assert shard.size()["records"] == len(texts)
 
 
 def test_shingle_hashes_match_string_ngrams():

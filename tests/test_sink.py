@@ -34,6 +34,7 @@ def test_commit_writes_shards_journal_and_totals(tmp_path):
     totals = sink.totals()
     assert (totals["kept"], totals["rejected"], totals["prompt_tokens"], totals["completion_tokens"]) == (1, 1, 4, 6)
     assert (totals["work_items"], totals["dropped"]) == (2, {"dedup": {"near_duplicate": 1}})
+    assert len(sink.committed.keys) == 0  # this run's own work keys are counted, not held: it never meets them again
     sink.close()
     reopened = open_sink(tmp_path)
     keys = reopened.committed.keys

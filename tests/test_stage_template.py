@@ -92,3 +92,46 @@ def test_the_example_spec_runs_end_to_end_and_reruns_identically(tmp_path, ray_s
         rows = ds.dataset(out / "data", format="parquet").to_table().to_pylist()
         rendered.append(sorted((row["id"], row["template"], str(row["messages"])) for row in rows))
     assert len(rendered[0]) == 8 and rendered[0] == rendered[1]
+
+
+def test_a_model_free_run_stopped_by_ctrl_c_resumes_to_the_same_records(tmp_path, ray_session):
+    """Model-free work items are taken in turn, without a task each: a signal still stops the run
+    between them, what was committed stays, and the resumed run makes exactly the rest."""
+    import json
+    import os
+    import signal
+
+    from gen.errors import Interrupted
+    from gen.sink import ShardSink
+
+    seeds = tmp_path / "rows.jsonl"
+    seeds.write_text("".join(json.dumps({"text": f"review number {n}", "label": n % 2}) + "\n" for n in range(3000)))
+    spec_text = (f"seeds: {{paths: [{seeds}], format: rows}}\n"
+                 "stages:\n  - type: template\n    answer_choices: [negative, positive]\n    templates:\n"
+                 "      - {name: a, jinja: \"Positive? {{ text }} ||| {{ answer_choices[label | int] }}\"}\n"
+                 "      - {name: b, jinja: \"Sentiment of: {{ text }} ||| {{ answer_choices[label | int] }}\"}\n"
+                 "output: {dir: OUT, rows_per_shard: 500}\n")
+
+    def spec(out):
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(spec_text.replace("OUT", str(tmp_path / out)))
+        return load_spec(path)
+
+    commit = ShardSink.commit
+
+    def commit_then_ctrl_c(self, *args, **kwargs):
+        entry = commit(self, *args, **kwargs)
+        if entry["shard"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return entry
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(ShardSink, "commit", commit_then_ctrl_c)
+        run(spec("stopped"), progress=False, report=False)
+    stopped = ds.dataset(tmp_path / "stopped" / "data", format="parquet").to_table(columns=["id"])["id"].to_pylist()
+    assert 1000 <= len(stopped) < 3000
+    run(spec("stopped"), progress=False, report=False)
+    run(spec("whole"), progress=False, report=False)
+    ids = {name: ds.dataset(tmp_path / name / "data", format="parquet").to_table(columns=["id"])["id"].to_pylist()
+           for name in ("stopped", "whole")}
+    assert len(ids["stopped"]) == len(set(ids["stopped"])) == 3000 and set(ids["stopped"]) == set(ids["whole"])
