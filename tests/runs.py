@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -148,3 +149,25 @@ def kill_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def run_stopped_by_ctrl_c_after_shard(spec, shard: int = 1) -> None:
+    """``spec`` run in this process, interrupted by a SIGINT (Ctrl-C) once shard ``shard`` is
+    committed; raises unless the run stops with :class:`gen.errors.Interrupted`."""
+    import pytest
+
+    from gen.errors import Interrupted
+    from gen.run import run
+    from gen.sink import ShardSink
+
+    commit = ShardSink.commit
+
+    def commit_then_ctrl_c(self, *args, **kwargs):
+        entry = commit(self, *args, **kwargs)
+        if entry["shard"] == shard:
+            os.kill(os.getpid(), signal.SIGINT)
+        return entry
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(ShardSink, "commit", commit_then_ctrl_c)
+        run(spec, progress=False, report=False)

@@ -11,8 +11,6 @@ of a run's time here."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,13 +19,13 @@ from cluster.engine import ResourcesUnavailable
 from filters import build_chain
 from filters.parallel import judged_on_workers
 from filters.quality import ResponseRulesConfig
-from gen.errors import Interrupted
 from gen.keyset import KeySet
 from gen.run import run
 from gen.seeds import SeedError, SeedReader
 from gen.sink import ShardSink
 from gen.spec import load_spec
 from tests.filter_corpus import corpus_rows
+from tests.runs import run_stopped_by_ctrl_c_after_shard
 
 RECORDS = 500
 MALFORMED_LINE = 3  # the corpus file's line 3 is cut short: not JSON
@@ -64,17 +62,7 @@ def runs(corpus, ray_session) -> dict:
     """A run into ``corpus / "out"`` stopped by Ctrl-C after its second shard, then resumed: both
     manifests, and what the workers would judge in between."""
     spec = load_spec(corpus / "spec.yaml", [f"output.dir={corpus / 'out'}"])
-    commit = ShardSink.commit
-
-    def commit_then_ctrl_c(self, *args, **kwargs):
-        entry = commit(self, *args, **kwargs)
-        if entry["shard"] == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return entry
-
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
-        patch.setattr(ShardSink, "commit", commit_then_ctrl_c)
-        run(spec, progress=False, report=False)
+    run_stopped_by_ctrl_c_after_shard(spec)
     stopped = json.loads((corpus / "out" / "manifest.json").read_text())
     sink = ShardSink.open(corpus / "out", spec.identity(), "zstd")
     committed = sink.committed.keys

@@ -14,6 +14,7 @@ from gen.run import run
 from gen.spec import load_spec
 from gen.stages.template import Template, TemplateConfig
 from tests.conftest import REPO
+from tests.runs import run_stopped_by_ctrl_c_after_shard
 
 TEMPLATES = [
     {"name": "is_positive", "jinja": "Is this review positive?\n{{ text }} ||| {{ answer_choices[label | int] }}"},
@@ -98,11 +99,6 @@ def test_a_model_free_run_stopped_by_ctrl_c_resumes_to_the_same_records(tmp_path
     """Model-free work items are taken in turn, without a task each: a signal still stops the run
     between them, what was committed stays, and the resumed run makes exactly the rest."""
     import json
-    import os
-    import signal
-
-    from gen.errors import Interrupted
-    from gen.sink import ShardSink
 
     seeds = tmp_path / "rows.jsonl"
     seeds.write_text("".join(json.dumps({"text": f"review number {n}", "label": n % 2}) + "\n" for n in range(3000)))
@@ -117,17 +113,7 @@ def test_a_model_free_run_stopped_by_ctrl_c_resumes_to_the_same_records(tmp_path
         path.write_text(spec_text.replace("OUT", str(tmp_path / out)))
         return load_spec(path)
 
-    commit = ShardSink.commit
-
-    def commit_then_ctrl_c(self, *args, **kwargs):
-        entry = commit(self, *args, **kwargs)
-        if entry["shard"] == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return entry
-
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
-        patch.setattr(ShardSink, "commit", commit_then_ctrl_c)
-        run(spec("stopped"), progress=False, report=False)
+    run_stopped_by_ctrl_c_after_shard(spec("stopped"))
     stopped = ds.dataset(tmp_path / "stopped" / "data", format="parquet").to_table(columns=["id"])["id"].to_pylist()
     assert 1000 <= len(stopped) < 3000
     run(spec("stopped"), progress=False, report=False)
