@@ -93,6 +93,17 @@ def yield_cpu_to_engine() -> None:
     os.setpriority(os.PRIO_PROCESS, 0, max(current, CPU_FRONTEND_NICENESS))
 
 
+def _inspect_model_classes_in_this_process() -> None:
+    """The first time vLLM meets a model class (per machine and vLLM version: it caches the
+    answer under VLLM_CACHE_ROOT), it inspects the class in a new Python process, so that
+    importing it cannot initialise CUDA in the caller. That process imports vLLM again, ~10 s of
+    a CPU replica's first start (benchmarks/bench_startup.py, cold). A CPU replica has no CUDA to
+    protect and imports the same class a moment later to load the model, so it inspects it here."""
+    from vllm.model_executor.models import registry
+
+    registry._run_in_subprocess = lambda inspect: inspect()
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     text: str
@@ -118,6 +129,7 @@ class EngineReplica:
         defaults = {"disable_log_stats": True}
         self.on_cpu = current_platform.is_cpu()
         if self.on_cpu:
+            _inspect_model_classes_in_this_process()
             # torch.compile on CPU costs more start-up than it returns in decoding speed, even
             # from a warm compile cache (benchmarks/bench_startup.py); a GPU keeps vLLM's default.
             defaults["enforce_eager"] = True
