@@ -142,8 +142,9 @@ def baseline(revision: str, count: int, words: int, shards: int) -> dict:
 
     old = traced_bytes_per_record(lambda: [old_class(s, shards, config.ids_per_bucket) for s in range(shards)],
                                   insert_old, count, words, config)
-    new = traced_bytes_per_record(lambda: [IndexShard(s, shards, config.ids_per_bucket) for s in range(shards)],
-                                  insert_new, count, words, config)
+    new = traced_bytes_per_record(
+        lambda: [IndexShard(s, shards, config.ids_per_bucket, int(bands[s].sum())) for s in range(shards)],
+        insert_new, count, words, config)
     return {"revision": revision, "records": count, "old_bytes_per_record": round(old, 1),
             "new_bytes_per_record": round(new, 1), "ratio": round(new / old, 3)}
 

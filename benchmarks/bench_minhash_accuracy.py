@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from filters.dedup import BUCKET_KEY_SHIFT, DedupConfig, compute_signatures, jaccard  # noqa: E402
+from filters.dedup import DedupConfig, bucket_keys, compute_signatures, jaccard  # noqa: E402
 from filters.text import normalize, shingle_hashes  # noqa: E402
 
 P3 = REPO.parent / "shared" / "data" / "p3_sample"
@@ -80,10 +80,10 @@ def predicted_pairs(texts: list[str], config: DedupConfig) -> dict[tuple[int, in
     """Pairs sharing an LSH bucket (by the bucket keys the index stores), with the Jaccard of
     their stored shingle sets."""
     signatures = compute_signatures(config, texts)
-    buckets: dict[int, list[int]] = defaultdict(list)
-    for doc, keys in enumerate((signatures.band_keys >> BUCKET_KEY_SHIFT).tolist()):
-        for key in keys:
-            buckets[key].append(doc)
+    buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for band, keys in enumerate(bucket_keys(signatures.band_keys).tolist()):
+        for doc, key in enumerate(keys):
+            buckets[band, key].append(doc)
     candidates = {(a, b) for docs in buckets.values() for i, a in enumerate(docs) for b in docs[i + 1 :]}
     sets = signatures.shingles
     return {(a, b): jaccard(sets[a], sets[b]) for a, b in candidates}

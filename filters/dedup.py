@@ -230,27 +230,32 @@ def compute_signatures(config: DedupConfig, texts: list[str]) -> Signatures:
 
 # ---------------------------------------------------------------- the index actor
 
-# Bucket keys are kept to their top 32 bits in the index: 4 bytes an entry instead of 8. Two
-# different buckets then meet with probability ~records / 2^32 per band (0.2% at ten million
-# records): a spurious candidate, which the exact Jaccard check rejects, never a missed one.
-BUCKET_KEY_SHIFT = np.uint64(32)
+# Each band has a table of its own, and keeps its bucket keys to their top 31 bits there: 2 bytes
+# an entry with the table's directory (see _SortedTable), not 8. Two different buckets of a band
+# then meet with probability ~records / 2^31 per lookup (0.5% at ten million records): a false
+# candidate, which the exact Jaccard check rejects, never a missed one. (One table for all of a
+# shard's 16 bands met 16 times as many: ~1.2 false candidates a record at ten million, each
+# fetched and compared, so that the cost of a record grew with the index.)
+BUCKET_KEY_SHIFT, BUCKET_KEY_BITS = np.uint64(33), 31
 
 
 class _SortedTable:
-    """Keys with a record number each, sorted by key, looked up many keys at once.
+    """Keys of ``key_bits`` bits with a record number each, sorted by key, looked up many keys at once.
 
-    Most entries are in the main part, stored without the top 16 bits of their key: a directory
-    of 2^16 + 1 offsets says where each value of those bits starts, so a 32-bit bucket key costs 2
-    bytes, not 4. New entries go to a small pending part (whole keys), merged into the main part
-    once it holds 1/16 of it: a merge moves the main part once every 1/16 of it inserted, and the
-    pending part's whole keys cost at most ~3 bytes a record (bench_dedup_memory).
+    Most entries are in the main part, stored as their low ``low_bits`` bits only: a directory of
+    2^(key_bits - low_bits) + 1 offsets says where each value of the bits above starts, so a
+    31-bit bucket key costs 2 bytes, not 4. New entries go to a small pending part (whole keys),
+    merged into the main part once it holds 1/16 of it: a merge moves the main part once every
+    1/16 of it inserted, and the pending part's whole keys cost at most ~3 bytes a record
+    (bench_dedup_memory).
     """
 
-    def __init__(self, key_dtype: type, low_dtype: type):
+    def __init__(self, key_dtype: type, low_dtype: type, key_bits: int, low_bits: int):
         self.key_dtype, self.low_dtype = key_dtype, low_dtype
-        self.shift = key_dtype(np.dtype(key_dtype).itemsize * 8 - 16)
-        self.mask = key_dtype((1 << int(self.shift)) - 1)
-        self.directory = np.zeros((1 << 16) + 1, dtype=np.int64)
+        self.shift = key_dtype(low_bits)
+        self.mask = key_dtype((1 << low_bits) - 1)
+        self.high_values = 1 << (key_bits - low_bits)
+        self.directory = np.zeros(self.high_values + 1, dtype=np.uint32)
         self.low, self.records = np.empty(0, low_dtype), np.empty(0, np.uint32)
         self.pending_keys, self.pending_records = np.empty(0, key_dtype), np.empty(0, np.uint32)
 
@@ -281,13 +286,14 @@ class _SortedTable:
         at = np.searchsorted(self.pending_keys, keys[order], "right")
         self.pending_keys = np.insert(self.pending_keys, at, keys[order])
         self.pending_records = np.insert(self.pending_records, at, records[order])
-        if len(self.pending_keys) * 16 > len(self.low) + (1 << 19):
-            main = np.repeat(np.arange(1 << 16, dtype=self.key_dtype), np.diff(self.directory)) << self.shift
+        if len(self.pending_keys) * 16 > len(self.low) + (1 << 15):
+            main = np.repeat(np.arange(self.high_values, dtype=self.key_dtype), np.diff(self.directory)) << self.shift
             main |= self.low.astype(self.key_dtype)
             at = np.searchsorted(main, self.pending_keys, "right")
             merged = np.insert(main, at, self.pending_keys)
             self.records = np.insert(self.records, at, self.pending_records)
-            self.directory = np.searchsorted(merged >> self.shift, np.arange((1 << 16) + 1, dtype=self.key_dtype))
+            self.directory = np.searchsorted(merged >> self.shift, np.arange(self.high_values + 1, dtype=self.key_dtype)
+                                             ).astype(np.uint32)
             self.low = (merged & self.mask).astype(self.low_dtype)
             self.pending_keys, self.pending_records = self.pending_keys[:0], self.pending_records[:0]
 
@@ -355,11 +361,11 @@ class IndexShard:
     measures the bytes per record).
     """
 
-    def __init__(self, index: int, count: int, ids_per_bucket: int):
+    def __init__(self, index: int, count: int, ids_per_bucket: int, bands: int):
         _return_freed_arrays_to_the_os()
         self.index, self.count, self.ids_per_bucket = index, count, ids_per_bucket
-        self.buckets = _SortedTable(np.uint32, np.uint16)
-        self.exact = _SortedTable(np.uint64, np.uint64)
+        self.buckets = [_SortedTable(np.uint32, np.uint16, BUCKET_KEY_BITS, 16) for _ in range(bands)]
+        self.exact = _SortedTable(np.uint64, np.uint64, 64, 48)
         self.owned = _PackedColumn()  # per owned record: its packed id (_pack_id), then its shingle set
 
     def candidates(self, band_keys: np.ndarray, exact_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -369,8 +375,8 @@ class IndexShard:
         mine = np.flatnonzero(exact_keys % np.uint64(self.count) == self.index)
         query, record = self.exact.lookup(exact_keys[mine])  # one record a key at most
         exact[mine[query]] = record
-        band_query, band_record = self.buckets.lookup((band_keys >> BUCKET_KEY_SHIFT).astype(np.uint32).ravel())
-        return exact, band_query // band_keys.shape[1], band_record
+        found = [table.lookup(keys) for table, keys in zip(self.buckets, bucket_keys(band_keys), strict=True)]
+        return exact, np.concatenate([query for query, _ in found]), np.concatenate([record for _, record in found])
 
     def records(self, numbers: list[int]) -> list[tuple[str, bytes]]:
         """(id, shingle set) of records this shard owns."""
@@ -380,17 +386,23 @@ class IndexShard:
                owned: list[tuple[str, bytes]]) -> None:
         """Add committed records ``numbers``: their buckets, the exact keys this shard owns, and
         the ids and shingle sets of the records it owns (``owned``, in number order)."""
-        keys = (band_keys >> BUCKET_KEY_SHIFT).astype(np.uint32).ravel()
-        entries = np.repeat(numbers.astype(np.uint32), band_keys.shape[1])
-        room = self.ids_per_bucket - self.buckets.count(keys) - _rank_among_equal(keys)
-        self.buckets.add(keys[room > 0], entries[room > 0])
+        entries = numbers.astype(np.uint32)
+        for table, keys in zip(self.buckets, bucket_keys(band_keys), strict=True):
+            room = self.ids_per_bucket - table.count(keys) - _rank_among_equal(keys)
+            table.add(keys[room > 0], entries[room > 0])
         mine = np.flatnonzero(exact_keys % np.uint64(self.count) == self.index)
         new = mine[(self.exact.count(exact_keys[mine]) == 0) & (_rank_among_equal(exact_keys[mine]) == 0)]
         self.exact.add(exact_keys[new], numbers[new].astype(np.uint32))
         self.owned.extend([_pack_id(record_id) + shingles for record_id, shingles in owned])
 
     def size(self) -> dict[str, int]:
-        return {"records": self.owned.size, "bytes": self.buckets.nbytes + self.exact.nbytes + self.owned.nbytes}
+        return {"records": self.owned.size,
+                "bytes": sum(table.nbytes for table in self.buckets) + self.exact.nbytes + self.owned.nbytes}
+
+
+def bucket_keys(band_keys: np.ndarray) -> np.ndarray:
+    """Per band (a row each), its records' keys in the band's table: the buckets the index holds."""
+    return (band_keys.T >> BUCKET_KEY_SHIFT).astype(np.uint32)
 
 
 def _return_freed_arrays_to_the_os() -> None:
@@ -461,7 +473,8 @@ class Dedup(Filter):
         # The index is memory, not compute: num_cpus=0 so it never waits behind engine replicas.
         shard_class = ray.remote(num_cpus=0)(IndexShard)
         count = self.config.index_shards
-        self._shards = [shard_class.remote(index, count, self.config.ids_per_bucket) for index in range(count)]
+        self._shards = [shard_class.remote(index, count, self.config.ids_per_bucket, int(bands.sum()))
+                        for index, bands in enumerate(self._bands_of_shard)]
         self._indexed = 0  # records indexed: the next one's number
         for directory in self.config.against:
             self._load_output(Location.of(directory))

@@ -149,7 +149,7 @@ def test_index_shard_gives_back_ids_and_shingle_sets_across_batches():
     """The actor's class in this process: sdg's hex ids and other ids, stored in runs of several
     inserts, come back with their shingle sets, and each exact key names its first record."""
     config = DedupConfig(index_shards=1)
-    shard = IndexShard(0, 1, config.ids_per_bucket)
+    shard = IndexShard(0, 1, config.ids_per_bucket, config.bands)
     texts = [" ".join(text(seed, words=12 + seed)) for seed in range(9)]
     ids = [content_id(n) if n % 2 else f"seed-{n}-é" for n in range(len(texts))]
     signatures = compute_signatures(config, texts)
@@ -162,6 +162,18 @@ def test_index_shard_gives_back_ids_and_shingle_sets_across_batches():
     assert exact.tolist() == list(range(len(texts)))
     assert set(zip(queries.tolist(), numbers.tolist(), strict=True)) >= {(n, n) for n in range(len(texts))}
     assert shard.size()["records"] == len(texts)
+
+
+def test_a_bucket_key_met_in_another_band_proposes_no_candidate():
+    """Bands are looked up in their own tables: a key indexed for band 0 is a candidate of a record
+    with that key in band 0, never of one with that key in band 1."""
+    shard = IndexShard(0, 1, ids_per_bucket=8, bands=2)
+    key, other, another = (np.uint64(k << 40) for k in (0xDEADBE, 0x123456, 0x654321))
+    shard.insert(np.array([0]), np.array([[key, other]]), np.array([np.uint64(11)]), [("a", b"")])
+    queried = np.array([[another, key], [key, another]])  # the key in band 1; in band 0
+    exact, queries, numbers = shard.candidates(queried, np.array([np.uint64(12), np.uint64(13)]))
+    assert exact.tolist() == [-1, -1]
+    assert list(zip(queries.tolist(), numbers.tolist(), strict=True)) == [(1, 0)]
 
 
 def test_shingle_hashes_match_string_ngrams():
