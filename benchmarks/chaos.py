@@ -1,6 +1,6 @@
 """Many injected faults over one long run; then the output is compared with an uninterrupted run.
 
-    .venv/bin/python benchmarks/chaos.py [--faults 20] [--pairs 1500] [--seed N]
+    .venv/bin/python benchmarks/chaos.py [--faults 20] [--pairs 15000] [--seed N]
 
 A local Ray cluster is started here; `sdg run` processes join it and are resumed after every fault
 that ends them. Faults, drawn at random every few seconds once a run has committed:
@@ -80,7 +80,8 @@ def inject(fault: str, driver: subprocess.Popen, frozen: list[psutil.Process]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faults", type=int, default=20)
-    parser.add_argument("--pairs", type=int, default=1500, help="distinct instructions (each with a near-duplicate)")
+    parser.add_argument("--pairs", type=int, default=15000,
+                        help="distinct instructions (each with a near-duplicate); the run must outlast the faults")
     parser.add_argument("--seed", type=int, default=random.randrange(1 << 30))
     args = parser.parse_args()
     rng = random.Random(args.seed)
