@@ -376,7 +376,9 @@ class IndexShard:
         query, record = self.exact.lookup(exact_keys[mine])  # one record a key at most
         exact[mine[query]] = record
         found = [table.lookup(keys) for table, keys in zip(self.buckets, bucket_keys(band_keys), strict=True)]
-        return exact, np.concatenate([query for query, _ in found]), np.concatenate([record for _, record in found])
+        # With more index_shards than bands, a shard holds exact keys and records but no band.
+        queries, records = zip(*found) if found else ((np.empty(0, np.int64),), (np.empty(0, np.uint32),))
+        return exact, np.concatenate(queries), np.concatenate(records)
 
     def records(self, numbers: list[int]) -> list[tuple[str, bytes]]:
         """(id, shingle set) of records this shard owns."""

@@ -176,6 +176,15 @@ def test_a_bucket_key_met_in_another_band_proposes_no_candidate():
     assert list(zip(queries.tolist(), numbers.tolist(), strict=True)) == [(1, 0)]
 
 
+def test_a_shard_without_bands_still_answers_its_exact_keys():
+    """More index_shards than bands leaves a shard with no band table: it answers exact keys only."""
+    shard = IndexShard(0, 1, ids_per_bucket=8, bands=0)
+    shard.insert(np.array([0]), np.empty((1, 0), np.uint64), np.array([np.uint64(5)]), [("a", b"")])
+    exact, queries, numbers = shard.candidates(np.empty((2, 0), np.uint64), np.array([np.uint64(5), np.uint64(6)]))
+    assert exact.tolist() == [0, -1]
+    assert len(queries) == len(numbers) == 0
+
+
 def test_shingle_hashes_match_string_ngrams():
     """Equal n-grams hash equally across texts, different ones differently, in word order."""
     texts = [" ".join(text(300 + i, words=60)) for i in range(50)] + ["one two", ""]
